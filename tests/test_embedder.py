@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAMILIES, make_tiny_model, make_tokenizer
+
+from embedtune.data.collate import TextTokenizer
+from embedtune.models.embedder import Embedder
+
+TEXTS = ["a man plays guitar", "the dog", "two children are playing in the park near the red house",
+         "cat", "a woman is eating food", "the quick brown fox jumps over the lazy dog"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("pooling", ["last", "mean", "weighted_mean"])
+def test_left_and_right_padding_give_identical_embeddings(tiny_models, family, pooling):
+    right = Embedder.from_pretrained(str(tiny_models[family]), device="cpu", pooling=pooling)
+    left = Embedder.from_pretrained(str(tiny_models[family]), device="cpu", pooling=pooling, padding_side="left")
+    a = right.encode(TEXTS, batch_size=len(TEXTS), normalize=False)
+    b = left.encode(TEXTS, batch_size=len(TEXTS), normalize=False)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("eos_in_template", [False, True])
+def test_eos_is_last_real_token_exactly_once(eos_in_template):
+    tok = make_tokenizer(eos_in_template=eos_in_template)
+    assert tok.pad_token is None
+    for side in ("right", "left"):
+        tt = TextTokenizer.from_tokenizer(tok, max_length=5, padding_side=side)
+        batch = tt(["a man plays guitar in the park near the house", "dog", "the cat sits"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        assert ids.shape[1] == 5  # dynamic padding: the longest row, capped by max_length
+        for row, m in zip(ids, mask):
+            real = row[m.bool()].tolist()
+            assert real[-1] == tok.eos_token_id
+            assert real.count(tok.eos_token_id) == 1
+            assert len(real) <= 5
+        # the truncated row keeps BOS and ends in EOS
+        assert ids[0][mask[0].bool()].tolist()[0] == tok.bos_token_id
+
+
+def test_missing_pad_token_uses_eos_without_growing_vocab(tmp_path):
+    folder = make_tiny_model("llama", tmp_path / "m")
+    emb = Embedder.from_pretrained(str(folder), device="cpu")
+    assert emb.tokenizer.pad_token == emb.tokenizer.eos_token
+    assert len(emb.tokenizer) == len(make_tokenizer())
+    assert emb.backbone.get_input_embeddings().weight.shape[0] == 64
+
+
+def test_prompt_is_applied_before_eos(tiny_llama):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt="this sentence {} means one word")
+    ids = emb.text_tokenizer.ids(["dog"])[0]
+    words = emb.tokenizer.convert_ids_to_tokens(ids)
+    assert words == ["<s>", "this", "sentence", "dog", "means", "one", "word", "</s>"]
+
+
+def test_batched_equals_one_by_one_and_keeps_order(tiny_llama):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
+    batched = emb.encode(TEXTS, batch_size=4)
+    single = np.stack([emb.encode([t], batch_size=1)[0] for t in TEXTS])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    assert batched.dtype == np.float32 and batched.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    # order: each text's vector does not depend on its neighbours
+    rev = emb.encode(TEXTS[::-1], batch_size=3)
+    np.testing.assert_allclose(rev[::-1], batched, atol=1e-5)
+
+
+def test_encode_bad_inputs(tiny_llama):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
+    assert emb.encode([]).shape == (0, 32)
+    with pytest.raises(ValueError, match="index 1 is a int"):
+        emb.encode(["dog", 3])
+    with pytest.raises(ValueError, match="index 2 is empty"):
+        emb.encode(["dog", "cat", "   "])
+    with pytest.raises(ValueError, match="not a single string"):
+        emb.encode("dog")
+
+
+def test_save_load_full_model_roundtrip(tiny_llama, tmp_path):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", pooling="weighted_mean", prompt="p3",
+                                   max_length=16, normalize=False)
+    before = emb.encode(TEXTS)
+    emb.save(tmp_path / "saved")
+    again = Embedder.load(tmp_path / "saved", device="cpu")
+    assert (again.pooling, again.prompt, again.max_length, again.normalize) == ("weighted_mean", "{} is: ", 16, False)
+    np.testing.assert_allclose(again.encode(TEXTS), before, atol=1e-6)
+
+
+def test_save_load_adapter_roundtrip(tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
+    emb.backbone = get_peft_model(emb.backbone, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights="gaussian"))
+    with torch.no_grad():  # make the adapter matter
+        for n, p in emb.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    before = emb.encode(TEXTS)
+    emb.save(tmp_path / "run")
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    again = Embedder.load(tmp_path / "run", device="cpu")
+    np.testing.assert_allclose(again.encode(TEXTS), before, atol=1e-6)
+    base = Embedder.from_pretrained(str(tiny_llama), device="cpu").encode(TEXTS)
+    assert np.abs(base - before).max() > 1e-3
+
+
+def test_load_rejects_foreign_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="embedtune.json"):
+        Embedder.load(tmp_path)
+
+
+def test_missing_model_error_says_what_was_tried(tmp_path):
+    from embedtune.models.loading import ModelNotFoundError, resolve_source
+
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="no such file"):
+        resolve_source(str(tmp_path / "nope.gguf"))
