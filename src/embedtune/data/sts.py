@@ -127,23 +127,39 @@ def read_sts_tsv(path: Path, name: str) -> StsData:
                 score = float(row["score"])
             except (TypeError, ValueError):
                 raise ValueError(f"{path}:{reader.line_num}: field 'score' is {row['score']!r}, not a number") from None
+            for col in ("sentence1", "sentence2"):
+                if not (row[col] or "").strip():
+                    raise ValueError(f"{path}:{reader.line_num}: field {col!r} is empty; expected a sentence")
             s1.append(row["sentence1"])
             s2.append(row["sentence2"])
             scores.append(score)
     return StsData(name, s1, s2, scores, str(path))
 
 
-def load_sts(name: str, data_dir: str | Path | None = None, variant: str = "mteb_like") -> StsData:
-    """Load one benchmark from the data folder.
+def load_sts(name: str, data_dir: str | Path | None = None, variant: str = "mteb_like",
+             source: str = "local") -> StsData:
+    """Load one benchmark from the data folder (or MTEB's hub copy).
 
     Args:
         name: MTEB name (``STS12`` … ``SICK-R``) or ``STSBenchmark-dev``.
         data_dir: data folder (see :func:`find_data_dir`).
         variant: for STS12-16, ``mteb_like`` (tokenized and lowercased text, as MTEB and the paper) or ``raw``.
+        source: ``local`` (the data folder), ``hub`` (``mteb/*`` data sets; needs a network and ``datasets``)
+            or ``auto`` (the data folder when it has the file, else the hub).
     """
     if variant not in ("mteb_like", "raw"):
         raise ValueError(f"variant must be 'mteb_like' or 'raw', got {variant!r}")
+    if source not in ("local", "hub", "auto"):
+        raise ValueError(f"source must be 'local', 'hub' or 'auto', got {source!r}")
     (name,) = resolve_task_names([name])
+    if source == "hub":
+        return load_sts_hub(name, variant)
+    if source == "auto":
+        try:
+            return load_sts(name, data_dir, variant)
+        except FileNotFoundError as exc:
+            log.info("%s; trying the hub copy", exc)
+            return load_sts_hub(name, variant)
     task = {**TASKS, **DEV_TASKS}[name]
     root = find_data_dir(data_dir)
     file = task.file
@@ -158,17 +174,30 @@ def load_sts(name: str, data_dir: str | Path | None = None, variant: str = "mteb
     return data
 
 
-def load_sts_hub(name: str) -> StsData:
-    """Load a benchmark from MTEB's copy on the Hugging Face hub (needs ``datasets`` and a network)."""
+def load_sts_hub(name: str, variant: str = "mteb_like") -> StsData:
+    """Load a benchmark from MTEB's copy on the Hugging Face hub (needs ``datasets`` and a network).
+
+    The hub holds only MTEB's text, so ``variant="raw"`` is refused for STS12-16.
+    """
     try:
         from datasets import load_dataset
     except ImportError:
-        raise ImportError("loading STS from the hub needs 'datasets': pip install datasets") from None
+        raise ImportError("loading STS from the hub needs 'datasets': pip install 'embedtune[hub]'") from None
     (name,) = resolve_task_names([name])
     task = {**TASKS, **DEV_TASKS}[name]
+    if variant == "raw" and task.has_mteb_like:
+        raise ValueError(f"benchmark {name}: the hub copy ({task.hub_id}) has only the mteb_like text; "
+                         "the raw variant needs the data folder")
     args = (task.hub_id, task.hub_subset) if task.hub_subset else (task.hub_id,)
     ds = load_dataset(*args, split=task.hub_split)
-    return StsData(name, list(ds["sentence1"]), list(ds["sentence2"]), [float(s) for s in ds["score"]], task.hub_id)
+    missing = {"sentence1", "sentence2", "score"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"hub data set {task.hub_id}: lacks column(s) {', '.join(sorted(missing))}")
+    data = StsData(name, list(ds["sentence1"]), list(ds["sentence2"]), [float(s) for s in ds["score"]],
+                   f"hf://{task.hub_id}" + (f"/{task.hub_subset}" if task.hub_subset else ""))
+    if len(data) != task.rows:
+        warnings.warn(f"benchmark {name}: {len(data)} pairs in {task.hub_id}, expected {task.rows}", stacklevel=2)
+    return data
 
 
 def load_sts_file_or_task(spec: str, data_dir: str | Path | None = None, variant: str = "mteb_like") -> StsData:
