@@ -141,6 +141,82 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- data ---------------------------------------------------------------------------------------------
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="validate training files (check) or drop STS test sentences (decontaminate)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--columns", default=None,
+                        help="anchor=COL,positive=COL[,negative=COL] or COL,COL[,COL] (default: by name: "
+                             "sent0,sent1,hard_neg | anchor,positive,negative | query,pos,neg)")
+    common.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
+                        help="error: stop at the first bad row (exit 2); skip: drop bad rows and count them")
+    common.add_argument("--data-dir", default=None, help="data folder for {data} and the STS benchmarks "
+                        "(default: $EMBEDTUNE_DATA or ../shared/data)")
+    common.add_argument("--tasks", default="all", help="benchmarks to compare against (default: the nine)")
+    c = dsub.add_parser("check", parents=[common], help="validate; print rows, duplicates, token lengths, "
+                        "overlap with the STS benchmarks")
+    c.add_argument("files", nargs="+", metavar="FILE", help=".csv/.tsv/.jsonl[.gz] file or hub data set")
+    c.add_argument("--model", default=DEFAULT_MODEL, help="tokenizer for token lengths: hub id, folder, .gguf, "
+                   "'default', or 'none' to skip them")
+    c.add_argument("--prompt", default=None, help="none|p1|p2|p3 or a template with {} (counted in the lengths)")
+    c.add_argument("--max-length", type=int, default=128, help="token cap to report rows over (default 128)")
+    c.add_argument("--trust-remote-code", action="store_true", help="run tokenizer code from the hub")
+    c.add_argument("--no-overlap", action="store_true", help="skip the comparison with the STS benchmarks")
+    c.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    d = dsub.add_parser("decontaminate", parents=[common], help="write a copy without rows that share a "
+                        "sentence with the STS benchmarks")
+    d.add_argument("file", metavar="FILE", help=".csv/.tsv/.jsonl[.gz] file or hub data set")
+    d.add_argument("--out", required=True, help="clean output file (.csv/.tsv/.jsonl, optionally .gz)")
+    d.add_argument("--report", default=None, help="JSON list of removed rows (default: OUT.removed.json)")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from .data.decontaminate import sts_sentence_index
+    from .data.triplets import expand_data_path, parse_columns
+    from .io import write_text_atomic
+
+    columns = parse_columns(args.columns)
+    if args.data_command == "check":
+        from .data.check import check_file
+
+        text_tokenizer = None
+        if args.model.lower() != "none":
+            from .config import resolve_prompt
+            from .data.collate import TextTokenizer
+            from .models.loading import load_tokenizer, resolve_source
+
+            tok = load_tokenizer(resolve_source(args.model), trust_remote_code=args.trust_remote_code)
+            text_tokenizer = TextTokenizer.from_tokenizer(tok, prompt=resolve_prompt(args.prompt),
+                                                          max_length=args.max_length)
+        index = None if args.no_overlap else sts_sentence_index(args.data_dir, args.tasks)
+        reports = []
+        for name in args.files:
+            rep = check_file(expand_data_path(name, args.data_dir), columns, args.on_bad_row,
+                             text_tokenizer=text_tokenizer, tokenizer_name=args.model, index=index,
+                             data_dir=args.data_dir, progress=True)
+            print(rep.format())
+            reports.append(rep.to_dict())
+        if args.json:
+            write_text_atomic(args.json, json.dumps(reports, indent=1, ensure_ascii=False) + "\n")
+        return 0
+    from .data.triplets import decontaminate, read_examples, write_examples
+
+    source = expand_data_path(args.file, args.data_dir)
+    out = Path(args.out)
+    if Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise CliError("--out must differ from the input file (the input is never overwritten)")
+    examples, load = read_examples(source, columns, args.on_bad_row, progress=True)
+    kept, rep = decontaminate(examples, sts_sentence_index(args.data_dir, args.tasks))
+    write_examples(kept, out, names=load.columns, with_negatives=load.has_negatives)
+    record = Path(args.report) if args.report else out.with_name(out.name + ".removed.json")
+    rep.save(record)
+    print(load.summary())
+    print(rep.summary())
+    print(f"wrote {out}: {len(kept)} rows (removed rows listed in {record})")
+    return 0
+
+
 # ---- demo ---------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the README's main job on the packaged default model and ../shared/data")
@@ -160,6 +236,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "encode": (_add_encode, _run_encode),
+    "data": (_add_data, _run_data),
     "demo": (_add_demo, _run_demo),
 }
 

@@ -584,11 +584,29 @@ def load_training_data(paths: list[str] | str, columns: dict[str, str] | None = 
     return examples, reports
 
 
-def write_examples(examples: Iterable[Example], path: str | Path, names: dict[str, str] | None = None) -> int:
+def parse_columns(spec: str | dict[str, str] | None) -> dict[str, str] | None:
+    """``anchor=A,positive=P[,negative=N]`` or positional ``A,P[,N]`` -> a role mapping (None stays None)."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if all("=" in p for p in parts):
+        mapping = dict(tuple(x.strip() for x in p.split("=", 1)) for p in parts)
+    elif not any("=" in p for p in parts) and 2 <= len(parts) <= 3:
+        mapping = dict(zip(ROLES, parts))
+    else:
+        raise ValueError(f"--columns {spec!r}: expected anchor=COL,positive=COL[,negative=COL] or COL,COL[,COL]")
+    unknown = set(mapping) - set(ROLES)
+    if unknown or not {"anchor", "positive"} <= set(mapping):
+        raise ValueError(f"--columns {spec!r}: roles are anchor, positive (required) and negative (optional)")
+    return mapping
+
+
+def write_examples(examples: Iterable[Example], path: str | Path, names: dict[str, str] | None = None,
+                   with_negatives: bool | None = None) -> int:
     """Write examples atomically as .csv/.tsv/.jsonl (``.gz`` compresses); returns the number of rows.
 
-    ``names`` maps roles to output column names (default: SimCSE's sent0, sent1, hard_neg). Pairs (all
-    negatives None) are written without a negative column.
+    ``names`` maps roles to output column names (default: SimCSE's sent0, sent1, hard_neg). Pairs are written
+    without a negative column; ``with_negatives`` forces the choice (else: whether any example has one).
     """
     from ..io import atomic_path
 
@@ -600,7 +618,7 @@ def write_examples(examples: Iterable[Example], path: str | Path, names: dict[st
     names = {**dict(zip(ROLES, ALIASES["anchor"][:1] + ALIASES["positive"][:1] + ALIASES["negative"][:1])),
              **(names or {})}
     examples = list(examples)
-    with_neg = any(e.negative is not None for e in examples)
+    with_neg = any(e.negative is not None for e in examples) if with_negatives is None else with_negatives
     if with_neg and any(e.negative is None for e in examples):
         raise ValueError("cannot write a mix of triplets and pairs into one file")
     roles = list(ROLES if with_neg else ROLES[:2])
@@ -626,6 +644,6 @@ from .decontaminate import (  # noqa: E402  (re-exported: the trainer imports ev
 
 __all__ = [
     "ALIASES", "DataError", "DecontaminationReport", "Example", "LoadReport", "decontaminate", "expand_data_path",
-    "iter_examples", "load_training_data", "normalize_sentence", "read_examples", "resolve_columns",
+    "iter_examples", "load_training_data", "normalize_sentence", "parse_columns", "read_examples", "resolve_columns",
     "sts_sentence_index", "validate", "write_examples",
 ]
