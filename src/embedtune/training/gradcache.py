@@ -1,0 +1,132 @@
+"""One contrastive optimization step, plain or cached (GradCache, Gao et al. 2021).
+
+Cached: embed the whole batch without a graph in mini-batches, compute the loss and the gradient of the
+loss with respect to every embedding on the whole (global) batch, then re-embed each mini-batch with a
+graph and back-propagate its slice of those gradients. Memory is that of one mini-batch; the gradients
+are those of the full batch, and so are the negatives — which gradient accumulation cannot give.
+
+Texts of a step are embedded in length-sorted chunks regardless of role (anchor, positive, negative):
+each text's embedding is independent of its chunk mates, so grouping by length only removes padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .distributed import gather_with_grad, rank
+from .loss import info_nce
+
+
+@dataclass
+class ContrastiveBatch:
+    """Token ids (each row ends in EOS) of one process's share of a global batch."""
+
+    anchors: list[list[int]]
+    positives: list[list[int]]
+    negatives: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def rows(self) -> list[list[int]]:
+        return self.anchors + self.positives + (self.negatives or [])
+
+
+def global_info_nce(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
+    labels offset by rank x local batch."""
+    pos = gather_with_grad(positive)  # (W * B, D)
+    neg = gather_with_grad(negative) if negative is not None else None  # (W * B, D)
+    return info_nce(anchor, pos, neg, temperature, label_offset=rank() * anchor.shape[0])
+
+
+def _chunks(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def contrastive_step(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    pad: Callable[[list[list[int]]], dict[str, torch.Tensor]],
+    batch: ContrastiveBatch,
+    *,
+    temperature: float = 0.05,
+    mini_batch_size: int | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    device: torch.device | str = "cpu",
+    loss_scale: float = 1.0,
+) -> float:
+    """Forward and backward for one batch; gradients accumulate in the model's parameters.
+
+    Args:
+        model: ``(input_ids, attention_mask) -> (n, D)`` embeddings (an :class:`Embedder`).
+        pad: pads a list of id rows into ``input_ids``/``attention_mask`` tensors.
+        batch: this process's triplets (or pairs).
+        temperature: InfoNCE temperature.
+        mini_batch_size: None for a plain step (the whole local batch keeps its graph); else GradCache
+            with chunks of this many triplets' texts.
+        autocast: context factory for mixed precision.
+        device: where the model lives.
+        loss_scale: multiplies the loss before backward (fp16 loss scaling); the returned loss is unscaled.
+
+    Returns:
+        The loss of this process's anchors (float).
+    """
+    device = torch.device(device)
+    rows = batch.rows()
+    n, b = len(rows), len(batch)
+    roles = n // b
+
+    def embed(idx: list[int]) -> torch.Tensor:
+        enc = pad([rows[i] for i in idx])
+        with autocast():
+            return model(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float()  # (c, D)
+
+    def loss_of(emb: torch.Tensor) -> torch.Tensor:
+        neg = emb[2 * b :] if batch.negatives is not None else None
+        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature)
+
+    if mini_batch_size is None:
+        chunks = _chunks(rows, b)  # `roles` forwards of B texts each, like one per role but with less padding
+        order = torch.tensor([i for c in chunks for i in c], device=device)  # (n,) row of each chunk output
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n, device=device)
+        emb = torch.cat([embed(idx) for idx in chunks])[inverse]  # (n, D) back in batch order
+        loss = loss_of(emb)
+        (loss * loss_scale).backward()
+        return float(loss.detach())
+
+    chunks = _chunks(rows, mini_batch_size * roles)
+    states, parts = [], []
+    with torch.no_grad():
+        for idx in chunks:
+            states.append(_rng_state(device))  # replayed below, so dropout masks match the re-forward
+            parts.append(embed(idx))
+    cache = torch.empty(n, parts[0].shape[1], device=device)  # (n, D)
+    for idx, part in zip(chunks, parts):
+        cache[idx] = part
+    cache.requires_grad_(True)
+    loss = loss_of(cache)
+    (loss * loss_scale).backward()  # gradients w.r.t. the cached embeddings only (and, across ranks, via the gather)
+    grads = cache.grad  # (n, D)
+    devices = [device] if device.type == "cuda" else []
+    for idx, (cpu_state, cuda_state) in zip(chunks, states):
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state, device)
+            part = embed(idx)  # (c, D), with a graph this time
+        # d(loss)/d(params) = sum over rows of d(loss)/d(emb_row) . d(emb_row)/d(params)
+        torch.autograd.backward(part, grad_tensors=grads[idx])
+    return float(loss.detach())

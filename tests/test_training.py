@@ -1,0 +1,240 @@
+"""Training: loss, GradCache equivalence, LoRA, checkpoints, resume, divergence (tiny models, CPU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from embedtune.config import RunConfig, load_config
+from embedtune.models.embedder import Embedder
+from embedtune.training import checkpoint as ckpt
+from embedtune.training.gradcache import ContrastiveBatch, contrastive_step
+from embedtune.training.lora import apply_lora, enable_gradient_checkpointing, resolve_targets
+from embedtune.training.loss import info_nce
+from embedtune.training.trainer import TrainingDivergedError, build_embedder, train
+
+WORDS = "a man woman dog cat plays sits on in the park street guitar piano runs eats food red blue big small".split()
+
+
+@dataclass(frozen=True)
+class Ex:
+    anchor: str
+    positive: str
+    negative: str | None
+
+
+def make_examples(n: int, seed: int = 0) -> list[Ex]:
+    g = torch.Generator().manual_seed(seed)
+
+    def sent() -> str:
+        k = int(torch.randint(2, 8, (1,), generator=g))
+        return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g))
+
+    return [Ex(sent(), sent(), sent()) for _ in range(n)]
+
+
+def tiny_cfg(model_dir, out, **train) -> RunConfig:
+    cfg = load_config(None, [f"model.name_or_path={model_dir}", f"train.output_dir={out}",
+                             "data.decontaminate=false", "lora.r=4", "train.eval_every=0", "train.warmup_steps=2",
+                             "train.lr=1e-2", "train.batch_size=4", "train.log_every=1"])
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_info_nce_matches_hand_computed_cross_entropy():
+    torch.manual_seed(0)
+    a, p, n = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    cos = lambda x, y: (x @ y.T) / (x.norm(dim=1)[:, None] * y.norm(dim=1)[None])  # noqa: E731
+    logits = torch.cat([cos(a, p), cos(a, n)], dim=1) / 0.05
+    expected = -torch.stack([torch.log_softmax(logits[i], 0)[i] for i in range(3)]).mean()
+    torch.testing.assert_close(info_nce(a, p, n, 0.05), expected)
+    no_neg = F.cross_entropy(cos(a, p) / 0.1, torch.arange(3))
+    torch.testing.assert_close(info_nce(a, p, None, 0.1), no_neg)
+    # label offset: anchors 0..1 of rank 1 own positives 2..3 of the gathered candidates
+    big_p = torch.randn(4, 5)
+    torch.testing.assert_close(info_nce(a[:2], big_p, None, 0.05, label_offset=2),
+                               F.cross_entropy(cos(a[:2], big_p) / 0.05, torch.tensor([2, 3])))
+
+
+def _lora_embedder(model_dir, dropout=0.0):
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(model_dir)
+    cfg.lora.r, cfg.lora.dropout = 4, dropout
+    emb = build_embedder(cfg, torch.device("cpu"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in emb.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    return emb.train()
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("with_negatives", [True, False])
+def test_cached_gradients_equal_plain_gradients(tiny_llama, with_negatives):
+    emb = _lora_embedder(tiny_llama)
+    exs = make_examples(8)
+    tt = emb.text_tokenizer
+    batch = ContrastiveBatch(tt.ids([e.anchor for e in exs]), tt.ids([e.positive for e in exs]),
+                             tt.ids([e.negative for e in exs]) if with_negatives else None)
+    plain_loss = contrastive_step(emb, tt.pad, batch)
+    plain = _grads(emb)
+    emb.zero_grad(set_to_none=True)
+    cached_loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=3)
+    cached = _grads(emb)
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain and all(g.abs().sum() > 0 for g in plain.values())
+    for n in plain:
+        torch.testing.assert_close(cached[n], plain[n], rtol=1e-4, atol=1e-6)
+
+
+def test_cached_step_replays_dropout_masks(tiny_llama):
+    """With LoRA dropout on, the graph re-forward must see the same masks as the cached forward."""
+    emb = _lora_embedder(tiny_llama, dropout=0.5)
+    calls = []
+
+    def model(ids, mask):
+        out = emb(ids, mask)
+        calls.append(out.detach().clone())
+        return out
+
+    exs = make_examples(4)
+    tt = emb.text_tokenizer
+    batch = ContrastiveBatch(tt.ids([e.anchor for e in exs]), tt.ids([e.positive for e in exs]))
+    contrastive_step(model, tt.pad, batch, mini_batch_size=2)
+    half = len(calls) // 2
+    assert half == 2
+    for first, second in zip(calls[:half], calls[half:]):
+        torch.testing.assert_close(first, second)
+
+
+def test_lora_targets_per_family(tiny_models):
+    for family, expected in [("llama", ["q_proj", "v_proj"]), ("gpt2", ["c_attn"]), ("phi", ["q_proj", "v_proj"])]:
+        emb = Embedder.from_pretrained(str(tiny_models[family]), device="cpu")
+        assert resolve_targets(emb.backbone, ["q_proj", "v_proj"]) == expected
+    with pytest.raises(ValueError, match="match no linear layer.*available"):
+        resolve_targets(emb.backbone, ["nope_proj"])
+
+
+def test_only_lora_parameters_change(tiny_llama, tmp_path):
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=3)
+    emb = build_embedder(cfg, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in emb.backbone.named_parameters()}
+    train(cfg, examples=make_examples(16), embedder=emb, show_progress=False)
+    changed = {n for n, p in emb.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+    again = Embedder.load(tmp_path / "run", device="cpu")
+    assert again.has_adapter()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_lora_gets_gradients_with_gradient_checkpointing(tiny_llama):
+    def lora_grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
+        for p in emb.backbone.parameters():
+            p.requires_grad_(False)
+        if checkpointing:
+            enable_gradient_checkpointing(emb.backbone)
+        cfg = RunConfig().lora
+        cfg.r, cfg.dropout = 4, 0.0
+        torch.manual_seed(0)
+        emb.backbone = apply_lora(emb.backbone, cfg)
+        with torch.no_grad():  # B starts at zero, which zeroes A's gradient; make both matter
+            for n, p in emb.backbone.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        emb.train()
+        base = emb.backbone.get_base_model()
+        assert getattr(base, "is_activation_checkpointing", None) is checkpointing or base.is_gradient_checkpointing
+        tt = emb.text_tokenizer
+        exs = make_examples(4)
+        batch = ContrastiveBatch(tt.ids([e.anchor for e in exs]), tt.ids([e.positive for e in exs]))
+        contrastive_step(emb, tt.pad, batch)
+        return {n: p.grad for n, p in emb.named_parameters() if "lora_" in n}
+
+    with_ckpt, without = lora_grads(True), lora_grads(False)
+    assert len(with_ckpt) == 8 and all(g is not None and g.abs().sum() > 0 for g in with_ckpt.values())
+    for n in without:
+        torch.testing.assert_close(with_ckpt[n], without[n])
+
+
+def _adapter(run):
+    return load_file(str(run / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("mini_batch_size", [None, 2])
+def test_resume_equals_uninterrupted_run(tiny_llama, tmp_path, mini_batch_size):
+    exs = make_examples(20)
+    cfg_full = tiny_cfg(tiny_llama, tmp_path / "full", max_steps=7, mini_batch_size=mini_batch_size)
+    cfg_full.lora.dropout = 0.1
+    train(cfg_full, examples=exs, show_progress=False)
+    cfg_int = tiny_cfg(tiny_llama, tmp_path / "int", max_steps=7, mini_batch_size=mini_batch_size, save_every=2)
+    cfg_int.lora.dropout = 0.1
+    train(cfg_int, examples=exs, show_progress=False, stop_after=5)  # crosses an epoch boundary (5 steps/epoch)
+    assert not (tmp_path / "int" / "adapter_model.safetensors").exists()
+    cfg_int.train.resume = "auto"
+    train(cfg_int, examples=exs, show_progress=False)
+    a, b = _adapter(tmp_path / "full"), _adapter(tmp_path / "int")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_crash_during_checkpoint_save_keeps_previous(tiny_llama, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=4, save_every=1, keep_checkpoints=3)
+    exs = make_examples(16)
+    train(cfg, examples=exs, show_progress=False, stop_after=2)
+    good = ckpt.list_checkpoints(tmp_path / "run")
+    assert [p.name for p in good] == ["step-1", "step-2"]
+
+    real_save = torch.save
+
+    def crash(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    cfg.train.resume = "auto"
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, examples=exs, show_progress=False)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-1", "step-2"]
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    emb = build_embedder(cfg, torch.device("cpu"))
+    state = ckpt.load_checkpoint(good[-1], emb)
+    assert state["step"] == 2
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_llama, tmp_path, monkeypatch):
+    import embedtune.training.trainer as trainer_mod
+
+    real = trainer_mod.contrastive_step
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer_mod, "contrastive_step", poisoned)
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=6, save_every=0)
+    with pytest.raises(TrainingDivergedError, match="diverged at step 2"):
+        train(cfg, examples=make_examples(16), show_progress=False)
+    kept = ckpt.list_checkpoints(tmp_path / "run")
+    assert [p.name for p in kept] == ["step-2"]
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_train_rejects_bad_settings(tiny_llama, tmp_path):
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=1, batch_size=64)
+    with pytest.raises(ValueError, match="cannot fill one batch of 64"):
+        train(cfg, examples=make_examples(8), show_progress=False)
