@@ -353,7 +353,7 @@ def _csv_rows(lines: _Lines, name: str, fmt: str, columns: dict[str, str] | None
         if lines.problems:
             problem = lines.problem_in(start, prev)
             if problem:
-                bad = _marked_field(values) or _marked_field(dict(zip(header, row)))
+                bad = _marked_field({roles[r]: v for r, v in values.items()}) or _marked_field(dict(zip(header, row)))
                 yield start, _BadRow(start, problem, bad, "UTF-8 text without NUL bytes", end=prev)
                 continue
         yield start, values
@@ -402,7 +402,8 @@ def _jsonl_rows(lines: _Lines, name: str, columns: dict[str, str] | None, report
             report.columns = roles
         values = _object_values(obj, n, roles or {})
         if problem and not isinstance(values, _BadRow):
-            values = _BadRow(n, problem, _marked_field(values), "UTF-8 text without NUL bytes")
+            values = _BadRow(n, problem, _marked_field({roles[r]: v for r, v in values.items()}),
+                             "UTF-8 text without NUL bytes")
         yield n, values
     if lines.line == 0:
         raise DataError(name, "the file is empty", expected="one JSON object per line")
