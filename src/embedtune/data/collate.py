@@ -100,18 +100,24 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, buc
     """A seeded permutation whose consecutive ``batch_size`` slices hold rows of similar length.
 
     Rows are shuffled, cut into buckets of ``bucket_batches`` batches, sorted by length inside each bucket,
-    split into batches, and the batches shuffled, so padding is small while order stays random.
+    split into batches, and the batches shuffled, so padding is small while order stays random. The one
+    incomplete batch (when ``batch_size`` does not divide the row count) goes last: shuffled into the middle,
+    it would shift every later ``batch_size`` slice off its batch and mix lengths again.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
+    cut = len(order) - len(order) % batch_size
+    order, rest = order[:cut], order[cut:]  # the remainder forms the last, short batch
     span = batch_size * bucket_batches
     batches: list[list[int]] = []
     for start in range(0, len(order), span):
         bucket = sorted(order[start : start + span], key=lambda i: lengths[i])
         batches.extend(bucket[j : j + batch_size] for j in range(0, len(bucket), batch_size))
     rng.shuffle(batches)
-    return [i for b in batches for i in b]
+    return [i for b in batches for i in b] + rest
 
 
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
