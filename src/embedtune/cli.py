@@ -141,6 +141,96 @@ def _run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- eval ---------------------------------------------------------------------------------------------
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="Spearman correlations on the nine STS benchmarks (the paper's table)")
+    _model_args(p)
+    p.add_argument("--tasks", default="all", help="all (the paper's nine) or a comma list, e.g. STS12,STSBenchmark")
+    p.add_argument("--variant", default="mteb_like", choices=["mteb_like", "raw"],
+                   help="STS12-16 text: mteb_like (tokenized, lowercased, as MTEB and the paper) or raw")
+    p.add_argument("--batch-size", type=int, default=64, help="encode batch size")
+    p.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs per benchmark (quick checks)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $EMBEDTUNE_DATA or ../shared/data)")
+    p.add_argument("--out", default=None,
+                   help="output folder for results.json/results.md (default: <run>/eval, or runs/eval/<model>)")
+    p.add_argument("--label", default=None, help="column name in tables (default: run, adapter or model name)")
+
+
+def _eval_label(args: argparse.Namespace) -> str:
+    if args.label:
+        return args.label
+    for value in (args.run, args.adapter):
+        if value:
+            return Path(value).resolve().name
+    return Path(args.model).name or args.model.replace("/", "--")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from .data.sts import resolve_task_names
+    from .evaluation.report import embedder_meta, markdown_table, results_payload, write_results
+    from .evaluation.sts import evaluate_sts
+
+    tasks = resolve_task_names(args.tasks)  # an unknown name fails before the model loads
+    start = time.perf_counter()
+    embedder = _build_embedder(args)
+    load_seconds = time.perf_counter() - start
+    scores = evaluate_sts(embedder, tasks, data_dir=args.data_dir, variant=args.variant, batch_size=args.batch_size,
+                          show_progress=True, max_pairs=args.max_pairs)
+    label = _eval_label(args)
+    meta = embedder_meta(embedder, adapter=args.adapter, run=args.run, variant=args.variant, label=label,
+                         batch_size=args.batch_size, max_pairs=args.max_pairs, load_seconds=round(load_seconds, 3))
+    payload = results_payload(scores, meta, wall_seconds=time.perf_counter() - start)
+    if args.out:
+        out = Path(args.out)
+    elif args.run or args.adapter:
+        out = Path(args.run or args.adapter) / "eval"
+    else:
+        out = Path("runs") / "eval" / label
+    path = write_results(out, payload)
+    print(markdown_table({label: payload}))
+    print(f"wall time {payload['wall_seconds']:.1f} s (model load {load_seconds:.1f} s), "
+          f"{payload['sentences']} sentences at {payload['sentences_per_second']} sentences/s; wrote {path}",
+          file=sys.stderr)
+    return 0
+
+
+# ---- compare ------------------------------------------------------------------------------------------
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="per-benchmark differences of eval runs: markdown table and bar chart")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="`embedtune eval` output folders or results.json files")
+    p.add_argument("--labels", default=None, help="comma-separated column names, one per run (default: folder names)")
+    p.add_argument("--metric", default="cosine_spearman", help="correlation to compare (default cosine_spearman)")
+    p.add_argument("--out", default="runs/compare", help="folder for comparison.md and comparison.png")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .evaluation.report import compare, load_results
+
+    if len(args.runs) < 2:
+        raise CliError("compare needs at least two runs (RUN_A RUN_B ...)")
+    payloads = [load_results(r) for r in args.runs]
+    if args.labels:
+        labels = [s.strip() for s in args.labels.split(",")]
+        if len(labels) != len(args.runs):
+            raise CliError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
+    else:
+        labels = []
+        for run, payload in zip(args.runs, payloads):
+            path = Path(run).resolve()
+            labels.append(payload["meta"].get("label") or (path.parent.name if path.is_file() else path.name))
+    if len(set(labels)) != len(labels):  # same folder names: make the columns distinguishable
+        labels = [f"{i + 1}:{label}" for i, label in enumerate(labels)]
+    try:
+        md, png = compare(dict(zip(labels, payloads)), args.out, metric=args.metric)
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    print(md)
+    print(f"wrote {Path(args.out) / 'comparison.md'} and {png}", file=sys.stderr)
+    return 0
+
+
 # ---- data ---------------------------------------------------------------------------------------------
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="validate training files (check) or drop STS test sentences (decontaminate)")
@@ -217,6 +307,33 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train --------------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="LoRA contrastive fine-tuning (launch with torchrun for several processes)")
+    p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml); default: the paper's settings")
+    p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run folder) or a checkpoint path")
+    p.add_argument("--output-dir", default=None, help="run folder (same as train.output_dir=...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs and metrics.jsonl only)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=5e-4 lora.r=16")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training.trainer import train
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, show_progress=not args.no_progress)
+    best = f", best dev {result.best_score:.2f} at step {result.best_step}" if result.best_score is not None else ""
+    print(f"trained {result.steps} steps on {result.examples} examples in {result.seconds / 60:.1f} min; "
+          f"final loss {result.final_loss:.4f}{best}; run folder {result.output_dir}")
+    return 0
+
+
 # ---- demo ---------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the README's main job on the packaged default model and ../shared/data")
@@ -236,7 +353,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "encode": (_add_encode, _run_encode),
+    "eval": (_add_eval, _run_eval),
+    "compare": (_add_compare, _run_compare),
     "data": (_add_data, _run_data),
+    "train": (_add_train, _run_train),
     "demo": (_add_demo, _run_demo),
 }
 
