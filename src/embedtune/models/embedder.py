@@ -157,11 +157,25 @@ class Embedder(nn.Module):
             ValueError: a text is not a non-empty string (the message names its index).
         """
         texts = validate_texts(texts)
-        normalize = self.normalize if normalize is None else normalize
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
         rows = self.text_tokenizer.ids(texts, max_length)
+        return self.encode_ids(rows, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+
+    def encode_ids(
+        self,
+        rows: Sequence[Sequence[int]],
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed rows already made by ``self.text_tokenizer.ids`` (prompt applied, EOS last). Returns
+        float32 (N, D) in input order. :meth:`encode` and the HTTP server (which must count tokens and
+        check limits before embedding) both end here."""
+        normalize = self.normalize if normalize is None else normalize
+        out = np.zeros((len(rows), self.dim), dtype=np.float32)
+        if not rows:
+            return out
         was_training = self.training
         self.eval()
         device = self.device
@@ -169,7 +183,7 @@ class Embedder(nn.Module):
             from tqdm.auto import tqdm
 
             with torch.inference_mode(), tqdm(
-                total=len(texts), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
+                total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
             ) as bar:
                 for idx in batches_by_length([len(r) for r in rows], batch_size):
                     batch = self.text_tokenizer.pad([rows[i] for i in idx])
