@@ -127,6 +127,7 @@ class _Lines:
         self.line = 0
         self.problems: dict[int, str] = {}
         self.recent: deque[tuple[int, str]] = deque(maxlen=64)  # to re-read a row that failed to parse
+        self._bar = None
         with open(path, "rb") as f:
             self.compressed = f.read(2) == _GZIP_MAGIC
 
@@ -136,8 +137,8 @@ class _Lines:
         with open(self.path, "rb") as raw:
             stream = gzip.GzipFile(fileobj=raw) if self.compressed else raw
             total = self.path.stat().st_size
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"reading {self.path.name}",
-                       disable=not self.progress, leave=False)
+            bar = self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"reading {self.path.name}",
+                                   disable=not self.progress, leave=False)
             done = 0
             for data in stream:
                 self.line += 1
@@ -161,6 +162,11 @@ class _Lines:
                 yield text
             bar.update(total - done)
             bar.close()
+
+    def close(self) -> None:
+        """Remove the progress bar (also when reading stopped at an error, so the message prints cleanly)."""
+        if self._bar is not None:
+            self._bar.close()
 
     def problem_in(self, start: int, end: int) -> str | None:
         """The recorded problem of the first line in [start, end], consumed so the dict stays small."""

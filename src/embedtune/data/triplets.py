@@ -191,6 +191,9 @@ def iter_examples(path_or_name: str | Path, columns: dict[str, str] | None = Non
     except (OSError, zlib.error) as exc:
         raise DataError(name, f"corrupt .gz after line {lines.line if lines else 0} ({exc})",
                         expected="a valid gzip file") from None
+    finally:
+        if lines is not None:
+            lines.close()
     if lines is not None:
         report.lines = lines.line
     report.has_negatives = "negative" in report.columns
