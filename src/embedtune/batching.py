@@ -1,0 +1,146 @@
+"""Dynamic micro-batching: many concurrent requests, one forward pass.
+
+One worker thread owns the model. Request handlers tokenize their texts (on the one tokenization path,
+:class:`~embedtune.data.collate.TextTokenizer`) and queue the id rows; the worker takes the first waiting
+request, keeps collecting until ``max_batch_size`` rows or ``batch_timeout_ms`` have passed, embeds all
+rows with :meth:`Embedder.encode_ids <embedtune.models.embedder.Embedder.encode_ids>` and resolves each
+request's future with its slice. While a forward pass runs, new requests queue up, so under load batches
+fill without waiting; the timeout only matters when traffic is light.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .models.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchStats:
+    """What the worker has done (read by ``/health`` and the tests)."""
+
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    max_requests_per_batch: int = 0
+    forward_seconds: float = 0.0
+    recent: deque = field(default_factory=lambda: deque(maxlen=256))  # rows per request, one tuple per batch
+
+
+@dataclass
+class _Job:
+    rows: Sequence[Sequence[int]]
+    future: Future
+
+
+class MicroBatcher:
+    """Queue of tokenized requests served by one worker thread.
+
+    Args:
+        embedder: the model; only the worker thread calls it.
+        max_batch_size: rows per forward pass (a request larger than this is still embedded whole,
+            in several passes).
+        batch_timeout_ms: how long the worker waits for more requests after the first one arrives.
+    """
+
+    def __init__(self, embedder: Embedder, max_batch_size: int = 32, batch_timeout_ms: float = 2.0) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if batch_timeout_ms < 0:
+            raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        self.embedder = embedder
+        self.max_batch_size = max_batch_size
+        self.batch_timeout = batch_timeout_ms / 1000.0
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="embedtune-batcher", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish the queued requests, then stop the worker."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, rows: Sequence[Sequence[int]]) -> Future:
+        """Queue id rows; the future resolves to float32 (len(rows), D) embeddings."""
+        if self._thread is None:
+            raise RuntimeError("the batcher is not running; call start() first")
+        future: Future = Future()
+        self._queue.put(_Job(rows, future))
+        return future
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """The first job plus whatever arrives before the batch is full or the timeout passes."""
+        jobs, size, stop = [first], len(first.rows), False
+        deadline = time.monotonic() + self.batch_timeout
+        while size < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stop = True
+                break
+            jobs.append(job)
+            size += len(job.rows)
+        return jobs, stop
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs, stop = self._collect(first)
+            # A client that went away cancelled its future: skip its rows.
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if jobs:
+                self._embed(jobs)
+
+    def _embed(self, jobs: list[_Job]) -> None:
+        rows = [r for j in jobs for r in j.rows]
+        start = time.perf_counter()
+        try:
+            vectors = self.embedder.encode_ids(rows, batch_size=self.max_batch_size)  # (N, D)
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
+            log.exception("embedding a batch of %d rows failed", len(rows))
+            for j in jobs:
+                j.future.set_exception(exc)
+            return
+        s = self.stats
+        s.forward_seconds += time.perf_counter() - start
+        s.batches += 1
+        s.rows += len(rows)
+        s.requests += len(jobs)
+        s.max_requests_per_batch = max(s.max_requests_per_batch, len(jobs))
+        s.recent.append(tuple(len(j.rows) for j in jobs))
+        offset = 0
+        for j in jobs:
+            j.future.set_result(np.ascontiguousarray(vectors[offset : offset + len(j.rows)]))
+            offset += len(j.rows)
