@@ -124,3 +124,20 @@ def test_failed_export_leaves_no_folder_and_keeps_old_one(tiny_llama, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == before
     assert not (tmp_path / "fresh").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_export(tiny_llama, tmp_path, capsys):
+    from embedtune.cli import main
+
+    emb = make_run(tiny_llama, tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m")]) == 2
+    assert "--merge" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--merge", "--out", str(tmp_path / "m")]) == 0
+    np.testing.assert_allclose(Embedder.load(tmp_path / "m", device="cpu").encode(TEXTS), emb.encode(TEXTS), atol=1e-4)
+    assert main(["export", str(tmp_path / "run"), "--merge", "--out", str(tmp_path / "m")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["export", str(tiny_llama), "--merge", "--out", str(tmp_path / "x")]) == 2
+    assert "not an embedtune run" in capsys.readouterr().err
+    args = ["export", str(tmp_path / "run"), "--format", "sentence-transformers", "--out", str(tmp_path / "st")]
+    assert main(args) == 0
+    assert (tmp_path / "st" / "modules.json").is_file()

@@ -135,3 +135,19 @@ def test_load_model_picks_run_folder_or_base(tiny_llama, tmp_path):
     assert loaded.pooling == "mean" and name == "run"
     loaded, name = load_model(str(tiny_llama), device="cpu")
     assert loaded.pooling == "last" and name == str(tiny_llama)
+
+
+def test_cli_serve_parses_and_builds_app(tiny_llama, monkeypatch):
+    from embedtune import cli, serving
+
+    seen = {}
+    monkeypatch.setattr(serving, "serve", lambda app, host, port, log_level: seen.update(app=app, host=host, port=port))
+    monkeypatch.setenv("EMBEDTUNE_API_KEY", "from-env")
+    assert cli.main(["serve", str(tiny_llama), "--port", "8123", "--max-batch-size", "4", "--device", "cpu"]) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    from starlette.testclient import TestClient
+
+    with TestClient(seen["app"]) as client:
+        assert client.post("/v1/embeddings", json={"input": "dog"}).status_code == 401
+        r = client.post("/v1/embeddings", json={"input": "dog"}, headers={"Authorization": "Bearer from-env"})
+        assert r.status_code == 200 and r.json()["model"] == str(tiny_llama)

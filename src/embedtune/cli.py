@@ -334,6 +334,74 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export -------------------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="merge a run's LoRA into the weights; or write a sentence-transformers folder")
+    p.add_argument("run", help="a training run folder (holds embedtune.json)")
+    p.add_argument("--out", required=True, help="folder to write (written atomically)")
+    p.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the base weights")
+    p.add_argument("--format", choices=["embedtune", "sentence-transformers"], default="embedtune",
+                   help="embedtune: Embedder.load reads it; sentence-transformers: SentenceTransformer(DIR) reads it")
+    p.add_argument("--dtype", default="float32", help="float32|bfloat16|float16: precision to merge and save in")
+    p.add_argument("--base-model", default=None, help="override the run's recorded base model (e.g. a local copy)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (MiniCPM)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_merged, export_sentence_transformers
+
+    if args.format == "embedtune" and not args.merge:
+        raise CliError("nothing to do: the run folder already is the unmerged model; pass --merge "
+                       "(or --format sentence-transformers, which always merges)")
+    fn = export_merged if args.format == "embedtune" else export_sentence_transformers
+    try:
+        out = fn(args.run, args.out, dtype=args.dtype, base_model=args.base_model,
+                 trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
+    except (FileExistsError, ImportError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {out} ({args.format})", file=sys.stderr)
+    return 0
+
+
+# ---- serve --------------------------------------------------------------------------------------------
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible embeddings server (POST /v1/embeddings)")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help="run/export folder (holds embedtune.json), hub id, checkpoint folder, .gguf, or 'default'")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", default=None, help="the id clients send as 'model' (default: from the folder)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set $EMBEDTUNE_API_KEY)")
+    p.add_argument("--max-inputs", type=int, default=2048, help="inputs per request (413 above)")
+    p.add_argument("--max-tokens-per-input", type=int, default=None,
+                   help="tokens per input, prompt and EOS included (422 above; default: the model's max_length)")
+    p.add_argument("--truncate", action="store_true", help="truncate over-long inputs instead of answering 422")
+    p.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
+    p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="wait to fill a batch when traffic is light")
+    p.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
+    p.add_argument("--log-level", default="info", help="uvicorn log level")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .serving import create_app, load_model, resolve_api_key, serve
+
+    api_key = resolve_api_key(args.api_key)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logging.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
+    try:
+        embedder, name = load_model(args.model, device=args.device, dtype=args.dtype)
+        app = create_app(embedder, model_name=args.model_name or name, api_key=api_key, max_inputs=args.max_inputs,
+                         max_tokens_per_input=args.max_tokens_per_input, max_batch_size=args.max_batch_size,
+                         batch_timeout_ms=args.batch_timeout_ms, truncate=args.truncate)
+        print(f"serving {args.model_name or name} on http://{args.host}:{args.port}/v1/embeddings", file=sys.stderr)
+        serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
 # ---- demo ---------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the README's main job on the packaged default model and ../shared/data")
@@ -357,6 +425,8 @@ COMMANDS = {
     "compare": (_add_compare, _run_compare),
     "data": (_add_data, _run_data),
     "train": (_add_train, _run_train),
+    "export": (_add_export, _run_export),
+    "serve": (_add_serve, _run_serve),
     "demo": (_add_demo, _run_demo),
 }
 
