@@ -456,6 +456,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"embedtune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from .training.trainer import TrainingDivergedError
+
+        if isinstance(exc, TrainingDivergedError) and not args.verbose:
+            print(f"embedtune {args.command}: error: {exc}", file=sys.stderr)
+            return 3
+        raise
     except KeyboardInterrupt:
         print(f"embedtune {args.command}: interrupted", file=sys.stderr)
         return 130
