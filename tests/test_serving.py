@@ -151,3 +151,18 @@ def test_cli_serve_parses_and_builds_app(tiny_llama, monkeypatch):
         assert client.post("/v1/embeddings", json={"input": "dog"}).status_code == 401
         r = client.post("/v1/embeddings", json={"input": "dog"}, headers={"Authorization": "Bearer from-env"})
         assert r.status_code == 200 and r.json()["model"] == str(tiny_llama)
+
+
+def test_padding_bounded_chunks_cover_every_row_once():
+    import random
+
+    from embedtune.batching import padding_bounded_chunks
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(100)]
+    chunks = padding_bounded_chunks(lengths, 32)
+    assert sorted(i for c in chunks for i in c) == list(range(100))
+    assert all(len(c) <= 32 for c in chunks)
+    padded = sum(max(lengths[i] for i in c) * len(c) for c in chunks)
+    assert padded <= 1.25 * sum(lengths)
+    assert padding_bounded_chunks([5] * 70, 32) == [list(range(32)), list(range(32, 64)), list(range(64, 70))]

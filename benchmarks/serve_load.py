@@ -1,0 +1,178 @@
+"""Load test of ``embedtune serve``: N requests at concurrency C on loopback, against ``Embedder.encode``.
+
+Starts the server (packaged default model) as a subprocess on 127.0.0.1, sends one short STS sentence
+per request from C concurrent clients until N requests are done, and reports errors, p50/p99 latency
+and throughput; then (server stopped, so the two never share the CPU) times ``Embedder.encode`` on the
+same texts in this process. Writes the ``## Serving`` section of docs/benchmarks.md.
+
+    EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py            # 10,000 x 32
+    .venv/bin/python benchmarks/serve_load.py --requests 200 --no-docs                # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STS = ROOT.parent / "shared" / "data" / "sts" / "STSBenchmark" / "test.tsv"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def load_texts(path: Path, n: int) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    pool = [t for r in rows for t in (r[0], r[1]) if t.strip()]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, model: str, batch: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "embedtune", "serve", model, "--host", "127.0.0.1", "--port", str(port),
+           "--model-name", "bench", "--max-batch-size", str(batch), "--device", "cpu", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the server did not come up in 600 s")
+
+
+async def load(url: str, texts: list[str], concurrency: int) -> tuple[list[float], int, float]:
+    """Send one request per text from ``concurrency`` workers; returns latencies, error count, seconds."""
+    latencies: list[float] = []
+    errors = 0
+    next_i = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+        async def worker() -> None:
+            nonlocal next_i, errors
+            while next_i < len(texts):  # bounded: every worker stops once all texts are taken
+                text = texts[next_i]
+                next_i += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(f"{url}/v1/embeddings", json={"input": text, "model": "bench"})
+                    ok = r.status_code == 200 and len(r.json()["data"]) == 1
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, errors, time.perf_counter() - start
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) the ``## Serving`` section; other sections are left exactly as they are."""
+    doc = DOC.read_text(encoding="utf-8") if DOC.is_file() else (
+        "# Benchmarks\n\nSpeed and memory of embedtune's parts; each section is written by its script in "
+        "`benchmarks/`.\n")
+    start = doc.find("\n## Serving\n")
+    if start < 0:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    else:
+        end = doc.find("\n## ", start + 1)
+        doc = doc[: start + 1] + text + (doc[end:] if end >= 0 else "")
+    tmp = DOC.with_suffix(".md.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, DOC)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32, help="server max batch and encode batch size")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--data", default=str(STS))
+    ap.add_argument("--no-docs", action="store_true", help="print only; do not edit docs/benchmarks.md")
+    args = ap.parse_args()
+    texts = load_texts(Path(args.data), args.requests)
+
+    port = free_port()
+    proc = start_server(port, args.model, args.batch_size)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        asyncio.run(load(url, texts[: args.concurrency], args.concurrency))  # warm-up
+        latencies, errors, server_s = asyncio.run(load(url, texts, args.concurrency))
+        health = httpx.get(f"{url}/health").json()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+    import torch
+
+    from embedtune.models.embedder import Embedder
+
+    emb = Embedder.from_pretrained(args.model, device="cpu")
+    emb.encode(texts[: args.batch_size])  # warm-up
+    t0 = time.perf_counter()
+    emb.encode(texts, batch_size=args.batch_size)
+    encode_s = time.perf_counter() - t0
+
+    lat = np.array(latencies) * 1000
+    server_tps, encode_tps = len(texts) / server_s, len(texts) / encode_s
+    ratio = encode_tps / server_tps
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    verdict = "**met**" if ratio <= 1.5 and errors == 0 else "**not met**"
+    section = f"""## Serving
+
+`embedtune serve` (OpenAI-compatible `/v1/embeddings`, micro-batching) on loopback with the packaged default
+model (SmolLM2-135M-Instruct, float32, CPU): {len(texts):,} requests of one STSBenchmark test sentence each,
+{args.concurrency} concurrent clients, then `Embedder.encode` on the same texts in the same run (server stopped).
+Target: server throughput within 1.5x of `Embedder.encode`, 0 errors — {verdict}.
+
+| | texts/s | p50 latency (ms) | p99 latency (ms) | errors |
+|---|---:|---:|---:|---:|
+| server, {args.concurrency} clients, max batch {args.batch_size} | {server_tps:.1f} | {np.percentile(lat, 50):.0f} \
+| {np.percentile(lat, 99):.0f} | {errors} |
+| `Embedder.encode`, batch {args.batch_size} | {encode_tps:.1f} | | | |
+
+`Embedder.encode` is {ratio:.2f}x the server's throughput. The server ran {health['batches']:,} forward batches
+(largest: {health['max_requests_per_batch']} requests in one). `encode` sorts all texts by length before
+batching; the server can only sort the texts that arrive together, so it splits each batch where padding
+would exceed 25% of real tokens.
+Machine: {cpu}, {os.cpu_count()} CPU cores shared with other engineers' jobs (timings are noisy), torch
+{torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.
+Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
+--concurrency {args.concurrency}`
+"""
+    print(section)
+    if not args.no_docs:
+        write_section(section)
+        print(f"wrote the Serving section of {DOC}")
+    return 0 if errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
