@@ -402,20 +402,48 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- experiment ---------------------------------------------------------------------------------------
+def _add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="run (or resume) a grid of training + evaluation cells and report it")
+    p.add_argument("spec", help="experiment file (configs/experiments/*.yaml)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $EMBEDTUNE_DATA or ../shared/data)")
+    p.add_argument("--only", default=None, help="comma-separated substrings: run only matching cells")
+    p.add_argument("--max-cells", type=int, default=None, help="work on at most N unfinished cells in this call")
+    p.add_argument("--list", action="store_true", help="list the cells and whether they are done, then exit")
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from .experiment import expand_cells, load_spec, run_experiment
+
+    spec = load_spec(args.spec)
+    if args.list:
+        for cell in expand_cells(spec):
+            done = (Path(spec.output_dir) / "cells" / cell.name / "eval_final" / "results.json").is_file()
+            print(f"{'done' if done else 'todo'}  {cell.varied:15s} {cell.name}")
+        return 0
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    report = run_experiment(spec, data_dir=args.data_dir, only=only, max_cells=args.max_cells)
+    print((report / "README.md").read_text(encoding="utf-8"))
+    print(f"report: {report}", file=sys.stderr)
+    return 0
+
+
 # ---- demo ---------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the README's main job on the packaged default model and ../shared/data")
+    p = sub.add_parser("demo", help="the README's main job: base vs fine-tuned default model on the nine STS sets")
     p.add_argument("--data-dir", default=None, help="data folder (default: $EMBEDTUNE_DATA or ../shared/data)")
+    p.add_argument("--spec", default="configs/experiments/demo.yaml", help="the demo's experiment file")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .evaluation.sts import evaluate_sts
-    from .models.embedder import Embedder
+    from .experiment import load_spec, run_experiment
 
-    embedder = Embedder.from_pretrained(DEFAULT_MODEL)
-    (res,) = evaluate_sts(embedder, ["STSBenchmark"], data_dir=args.data_dir, show_progress=True)
-    print(f"STSBenchmark test, {DEFAULT_MODEL} model (SmolLM2-135M-Instruct), EOS pooling: "
-          f"cosine Spearman {res.cosine_spearman:.2f} on {res.pairs} pairs")
+    if not Path(args.spec).is_file():
+        raise CliError(f"{args.spec} not found: run the demo from the repository root (make demo)")
+    spec = load_spec(args.spec)
+    report = run_experiment(spec, data_dir=args.data_dir)
+    print((report / "README.md").read_text(encoding="utf-8"))
+    print(f"report with the bar chart: {report}/README.md", file=sys.stderr)
     return 0
 
 
@@ -427,6 +455,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "export": (_add_export, _run_export),
     "serve": (_add_serve, _run_serve),
+    "experiment": (_add_experiment, _run_experiment),
     "demo": (_add_demo, _run_demo),
 }
 

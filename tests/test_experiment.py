@@ -1,0 +1,92 @@
+"""The experiment runner on a tiny model and a tiny data folder: cells, shared base eval, resume, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+
+import pytest
+import yaml
+
+from embedtune.experiment import expand_cells, load_spec, run_experiment
+
+SENTS = ["a man plays guitar", "a man plays piano", "the dog runs in the park", "a dog runs", "the cat sits",
+         "a cat sits on the car", "two children eat food", "children are eating", "a woman is happy",
+         "the woman is sad", "a red car", "the blue house"]
+
+
+def _data_dir(root):
+    for name, file in [("STSBenchmark", "test.tsv"), ("STSBenchmark", "dev.tsv")]:
+        folder = root / "sts" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / file, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t")
+            w.writerow(["sentence1", "sentence2", "score"])
+            for i in range(0, len(SENTS) - 1):
+                w.writerow([SENTS[i], SENTS[i + 1], f"{(i * 7) % 5}.0"])
+    nli = root / "nli.csv"
+    with open(nli, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["sent0", "sent1", "hard_neg"])
+        for i in range(16):
+            w.writerow([f"{SENTS[i % 12]} near the house", SENTS[i % 12], SENTS[(i + 5) % 12]])
+    return root
+
+
+def _spec(tmp_path, tiny_llama):
+    data = _data_dir(tmp_path / "data")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_llama)},
+        "lora": {"r": 4},
+        "data": {"train_files": [str(data / "nli.csv")], "data_dir": str(data), "decontaminate": False},
+        "train": {"batch_size": 4, "max_steps": 3, "warmup_steps": 1, "eval_every": 2, "save_every": 0},
+    }))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({
+        "name": "tiny", "base_config": str(recipe), "output_dir": str(tmp_path / "out"), "models": [str(tiny_llama)],
+        "reference": {"lr": 1e-3}, "ablate": {"lr": [1e-2], "hard_negatives": [False]},
+        "eval_tasks": ["STSBenchmark"],
+    }, sort_keys=False))
+    return load_spec(exp), data
+
+
+def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama, monkeypatch):
+    spec, data = _spec(tmp_path, tiny_llama)
+    cells = expand_cells(spec)
+    assert [c.varied for c in cells] == ["reference", "lr", "hard_negatives"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny benchmark files have fewer rows than the real ones
+        report = run_experiment(spec, data_dir=str(data), max_cells=2)
+        text = (report / "README.md").read_text()
+        assert "Cells finished: 2 of 3" in text and "Learning rate ablation" in text
+        assert (report / "ablation_lr__" f"{cells[0].base_key.split('__')[0]}" / "comparison.png").is_file()
+        assert len(list((tmp_path / "out" / "base").iterdir())) == 1  # one base eval shared by the cells
+
+        calls = []
+        import embedtune.training.trainer as trainer_mod  # run_cell imports train from here at call time
+
+        original = trainer_mod.train
+
+        def counting(cfg, **kw):
+            calls.append(cfg.train.output_dir)
+            return original(cfg, **kw)
+
+        monkeypatch.setattr(trainer_mod, "train", counting)
+        report = run_experiment(spec, data_dir=str(data))
+    assert len(calls) == 1 and "hn-0" in calls[0]  # finished cells were skipped
+    everything = json.loads((report / "experiment.json").read_text())
+    assert len(everything["cells"]) == 3
+    assert all("mean" in c["final"] for c in everything["cells"])
+    assert (report / "curve.png").is_file()
+
+
+def test_experiment_spec_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nablate: {temperature: [0.1]}\n")
+    with pytest.raises(ValueError, match="factor 'temperature' is not one of"):
+        load_spec(bad)
+    bad.write_text("name: x\nmodles: [default]\n")
+    with pytest.raises(ValueError, match="unknown key.*modles"):
+        load_spec(bad)
