@@ -8,7 +8,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Embedder",
+    "create_app",
     "evaluate_sts",
+    "export_merged",
+    "export_sentence_transformers",
     "load_config",
     "load_sts",
     "__version__",
@@ -18,10 +21,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import load_config
     from .data.sts import load_sts
     from .evaluation.sts import evaluate_sts
+    from .export import export_merged, export_sentence_transformers
     from .models.embedder import Embedder
+    from .serving import create_app
 
 _LAZY = {
     "Embedder": ".models.embedder",
+    "create_app": ".serving",
+    "export_merged": ".export",
+    "export_sentence_transformers": ".export",
     "evaluate_sts": ".evaluation.sts",
     "load_config": ".config",
     "load_sts": ".data.sts",
