@@ -67,3 +67,23 @@ def test_spearman_on_200_stsb_pairs_matches_independent_computation(default_embe
     independent = spearmanr(data.scores[:200], cos).statistic * 100
     assert ours.pairs == 200
     assert ours.cosine_spearman == pytest.approx(independent, abs=1e-3)
+
+
+def test_a_few_training_steps_lower_the_loss(shared_data, tmp_path):
+    """Five steps on one fixed batch of 8 real SNLI triplets (one batch per epoch): the loss must fall."""
+    import json
+
+    from embedtune.config import load_config
+    from embedtune.training.trainer import train
+
+    cfg = load_config("configs/default-cpu.yaml", [
+        f"train.output_dir={tmp_path / 'run'}", f"data.data_dir={shared_data}",
+        "data.train_files=[{data}/nli/snli_devtest_triplets.csv.gz]", "data.max_rows=8", "data.decontaminate=false",
+        "train.batch_size=8", "train.max_steps=5", "train.warmup_steps=1", "train.lr=1e-3", "train.eval_every=0",
+        "train.save_every=0", "train.log_every=1", "train.precision=fp32", "model.max_length=48",
+    ])
+    train(cfg, show_progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 5
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

@@ -206,11 +206,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
+    raw = raw.strip()
+    if raw.startswith("[") and raw.endswith("]"):
+        # A list: parse item by item, so items YAML cannot read (e.g. "{data}/nli/x.csv") stay strings.
+        return key.strip().split("."), [_parse_scalar(v.strip()) for v in raw[1:-1].split(",") if v.strip()]
+    return key.strip().split("."), _parse_scalar(raw)
+
+
+def _parse_scalar(raw: str) -> Any:
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
+        return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
