@@ -328,6 +328,10 @@ def _run_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config, overrides)
     result = train(cfg, show_progress=not args.no_progress)
+    from .training.distributed import is_main
+
+    if not is_main():  # one summary line per run, not per process
+        return 0
     best = f", best dev {result.best_score:.2f} at step {result.best_step}" if result.best_score is not None else ""
     print(f"trained {result.steps} steps on {result.examples} examples in {result.seconds / 60:.1f} min; "
           f"final loss {result.final_loss:.4f}{best}; run folder {result.output_dir}")
