@@ -157,7 +157,10 @@ def test_cli_eval_then_compare(tiny_llama, tiny_sts_dir, tmp_path, capsys):
                        "--out", str(out), "--label", pooling])
         assert rc == 0
         outs.append(out)
-        printed = capsys.readouterr().out
+        captured = capsys.readouterr()
+        printed = captured.out
+        assert "STS17: cosine Spearman" in captured.err  # logged as each benchmark finishes
+        assert not (out / "results.partial.json").exists()
         assert "| STS17 |" in printed and "| STSBenchmark |" in printed and "mean ± std" in printed
         payload = load_results(out)
         assert payload["task_order"] == ["STS17", "STSBenchmark"]

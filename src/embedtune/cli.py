@@ -171,24 +171,36 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .data.sts import resolve_task_names
     from .evaluation.report import embedder_meta, markdown_table, results_payload, write_results
     from .evaluation.sts import evaluate_sts
+    from .io import write_text_atomic
 
     tasks = resolve_task_names(args.tasks)  # an unknown name fails before the model loads
     start = time.perf_counter()
     embedder = _build_embedder(args)
     load_seconds = time.perf_counter() - start
-    scores = evaluate_sts(embedder, tasks, data_dir=args.data_dir, variant=args.variant, batch_size=args.batch_size,
-                          show_progress=True, max_pairs=args.max_pairs)
     label = _eval_label(args)
     meta = embedder_meta(embedder, adapter=args.adapter, run=args.run, variant=args.variant, label=label,
                          batch_size=args.batch_size, max_pairs=args.max_pairs, load_seconds=round(load_seconds, 3))
-    payload = results_payload(scores, meta, wall_seconds=time.perf_counter() - start)
     if args.out:
         out = Path(args.out)
     elif args.run or args.adapter:
         out = Path(args.run or args.adapter) / "eval"
     else:
         out = Path("runs") / "eval" / label
+    done: list = []
+
+    def on_result(s) -> None:
+        # A long CPU run keeps what it finished: each score is logged and the partial table written.
+        done.append(s)
+        print(f"{s.task}: cosine Spearman {s.cosine_spearman:.2f} ({s.pairs} pairs, {s.unique_sentences} sentences, "
+              f"{s.seconds:.0f} s)", file=sys.stderr, flush=True)
+        partial = results_payload(done, {**meta, "partial": True}, wall_seconds=time.perf_counter() - start)
+        write_text_atomic(out / "results.partial.json", json.dumps(partial, indent=2) + "\n")
+
+    scores = evaluate_sts(embedder, tasks, data_dir=args.data_dir, variant=args.variant, batch_size=args.batch_size,
+                          show_progress=True, max_pairs=args.max_pairs, on_result=on_result)
+    payload = results_payload(scores, meta, wall_seconds=time.perf_counter() - start)
     path = write_results(out, payload)
+    (out / "results.partial.json").unlink(missing_ok=True)
     print(markdown_table({label: payload}))
     print(f"wall time {payload['wall_seconds']:.1f} s (model load {load_seconds:.1f} s), "
           f"{payload['sentences']} sentences at {payload['sentences_per_second']} sentences/s; wrote {path}",

@@ -94,6 +94,7 @@ def evaluate_sts(
     batch_size: int = 64,
     show_progress: bool = False,
     max_pairs: int | None = None,
+    on_result: Callable[[StsScores], None] | None = None,
 ) -> list[StsScores]:
     """Evaluate an :class:`~embedtune.Embedder` (anything with ``encode``) on STS benchmarks.
 
@@ -103,6 +104,8 @@ def evaluate_sts(
         data_dir: data folder (see :func:`embedtune.data.sts.find_data_dir`).
         variant: STS12-16 text, ``mteb_like`` or ``raw``.
         max_pairs: evaluate on the first N pairs only (quick dev checks during training).
+        on_result: called with each benchmark's scores as soon as it is done (logging, partial results
+            of a long run).
     """
     from tqdm.auto import tqdm
 
@@ -118,4 +121,6 @@ def evaluate_sts(
             return embedder.encode(texts, batch_size=batch_size, show_progress=show_progress)
 
         results.append(score_sts(data, encode))
+        if on_result is not None:
+            on_result(results[-1])
     return results
