@@ -166,7 +166,10 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     record["final"] = _evaluate(tuned, cell_dir / "eval_final", spec, cfg.data.data_dir, f"{cell.name} final",
                                 {"run": str(run_dir)})
     del tuned
-    if spec.eval_best and (run_dir / "best" / "embedtune.json").is_file():
+    if spec.eval_best and record["train"].get("best_step") == record["train"].get("steps"):
+        # The best dev score came at the last step: the best checkpoint holds the final weights.
+        record["best"] = {**record["final"], "meta": {**record["final"]["meta"], "same_weights_as": "final"}}
+    elif spec.eval_best and (run_dir / "best" / "embedtune.json").is_file():
         best = Embedder.load(run_dir / "best")
         record["best"] = _evaluate(best, cell_dir / "eval_best", spec, cfg.data.data_dir, f"{cell.name} best",
                                    {"run": str(run_dir / "best")})
