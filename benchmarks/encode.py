@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-sentences", type=int, default=200, help="sentences for the paper's protocol (a)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per method (best is kept)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every method (default: torch's); 1 on a shared machine")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from transformers import AutoModelForCausalLM
 
@@ -100,14 +104,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # (b) sentence-transformers on the same folder and the same token ids
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as st_models
+    from sentence_transformers.sentence_transformer import modules as st_models
 
     transformer = st_models.Transformer(str(folder), max_seq_length=ours32.max_length)
-    pooling = st_models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
+    # sentence-transformers 6 renders text through the chat template when the tokenizer has one; the paper
+    # and embedtune embed the plain text, so keep only the plain-text modality.
+    transformer.modality_config.pop("message", None)
+    pooling = st_models.Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
     st = SentenceTransformer(modules=[transformer, pooling], device="cpu").eval()
     eos_text = ours32.tokenizer.eos_token
     st_texts = [t + eos_text for t in texts]
-    st_ids = st.tokenize(st_texts)
+    st_ids = st.preprocess(st_texts)
     mask = st_ids["attention_mask"].bool()
     st_rows = [ids[m].tolist() for ids, m in zip(st_ids["input_ids"], mask)]
     same = sum(a == b for a, b in zip(st_rows, ours32.text_tokenizer.ids(texts)))
@@ -191,7 +198,8 @@ def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, sam
         "  absolute speeds are low and noisy; the ratios come from the same run. torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads.",
         f"- Command: `.venv/bin/python benchmarks/encode.py --batch-size {args.batch_size} "
-        f"--paper-sentences {args.paper_sentences} --repeats {args.repeats}`; commit {git_commit(ROOT)}.",
+        f"--paper-sentences {args.paper_sentences} --repeats {args.repeats}"
+        + (f" --threads {args.threads}" if args.threads else "") + f"`; commit {git_commit(ROOT)}.",
         "",
     ]
     section = "\n".join(lines)
