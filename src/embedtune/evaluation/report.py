@@ -17,6 +17,7 @@ Layout of a payload (schema 1)::
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -47,9 +48,11 @@ class ResultsError(ValueError):
 
 
 # ---- building a payload ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def git_commit(path: str | Path | None = None) -> str | None:
     """The commit of the git checkout holding ``path`` (default: this package), with ``-dirty`` when the
-    tracked files differ from it; None outside a checkout or without git."""
+    tracked files differ from it; None outside a checkout or without git. Cached: the first call (the CLI
+    makes it at start-up) fixes the commit of the code this process runs, even if HEAD moves meanwhile."""
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
