@@ -48,7 +48,7 @@ class ResultsError(ValueError):
 
 
 # ---- building a payload ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_commit(path: str | Path | None = None) -> str | None:
     """The commit of the git checkout holding ``path`` (default: this package), with ``-dirty`` when the
     tracked files differ from it; None outside a checkout or without git. Cached: the first call (the CLI
