@@ -1,0 +1,61 @@
+"""Plots of STS results: grouped bar charts (``report.compare``) and score-vs-step curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..io import atomic_path
+
+MAIN_METRIC = "cosine_spearman"
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure drawn with the Agg canvas (no pyplot global state, no display needed)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'embedtune[plot]'") from None
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METRIC) -> Path:
+    """Plot a score-vs-step curve (the trainer's dev evaluations) to a PNG.
+
+    Args:
+        points: dicts with ``step`` and ``metric`` (e.g. ``{"step": 100, "cosine_spearman": 78.1}``); an
+            optional ``task`` key draws one line per task.
+        path: PNG file to write (atomically).
+        metric: the key to plot.
+
+    Raises:
+        ValueError: no point carries ``step`` and ``metric``.
+        ImportError: matplotlib is missing (install the ``plot`` extra).
+    """
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for p in points:
+        if "step" in p and p.get(metric) is not None:
+            lines.setdefault(str(p.get("task", metric)), []).append((float(p["step"]), float(p[metric])))
+    if not lines:
+        raise ValueError(f"plot_curve: no point has both 'step' and {metric!r}")
+    figure = _figure(6.0, 4.0)
+    ax = figure.add_subplot(1, 1, 1)
+    for label, xy in lines.items():
+        xy.sort()
+        ax.plot([a for a, _ in xy], [b for _, b in xy], marker="o", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} x100")
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    return _save_png(figure, Path(path))
