@@ -194,8 +194,8 @@ def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, sam
         "- Fair comparison: sentence-transformers gets each text with the EOS text appended, which its tokenizer",
         f"  maps to the EOS id; its token ids equal embedtune's for {same}/{n} sentences. The paper-protocol vectors",
         f"  equal embedtune's to a max relative difference of {agree:.1e}.",
-        f"- Machine: {cpu}, {os.cpu_count()} CPU cores, **shared with other engineers' jobs while this ran**, so",
-        "  absolute speeds are low and noisy; the ratios come from the same run. torch "
+        f"- Machine: {cpu}, {os.cpu_count()} CPU cores, 1-min load average {os.getloadavg()[0]:.1f} at the end",
+        "  (above the thread count means other work shared the cores); the ratios come from the same run. torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads.",
         f"- Command: `.venv/bin/python benchmarks/encode.py --batch-size {args.batch_size} "
         f"--paper-sentences {args.paper_sentences} --repeats {args.repeats}"

@@ -162,7 +162,7 @@ Target: server throughput within 1.5x of `Embedder.encode`, 0 errors — {verdic
 (largest: {health['max_requests_per_batch']} requests in one). `encode` sorts all texts by length before
 batching; the server can only sort the texts that arrive together, so it splits each batch where padding
 would exceed 25% of real tokens.
-Machine: {cpu}, {os.cpu_count()} CPU cores shared with other engineers' jobs (timings are noisy), torch
+Machine: {cpu}, {os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.1f} at the end), torch
 {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.
 Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
 --concurrency {args.concurrency}`

@@ -200,8 +200,9 @@ def main() -> None:
     text = f"""{SECTION}
 
 Command: `.venv/bin/python benchmarks/train_speed.py --steps {args.steps} --batch {args.batch}`; machine:
-{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work while it ran), Python
-{platform.python_version()}; default model (SmolLM2-135M-Instruct, fp32), LoRA r=8 on q,v, batch {args.batch}
+{platform.processor() or platform.machine()}, {os.cpu_count()} cores (1-min load average \
+{os.getloadavg()[0]:.1f}), Python {platform.python_version()}; default model (SmolLM2-135M-Instruct, fp32),
+LoRA r=8 on q,v, batch {args.batch}
 SNLI triplets, {args.steps} timed steps after one warm-up, each case in its own process.
 
 | training step | triplets/s | embedtune is |

@@ -149,7 +149,8 @@ Target: under 10 s and under 500 MB of extra memory — **{"met" if ok else "not
 
 Extra memory is the process's peak resident size minus its size just before the step (Python, torch-free
 imports). Time is the best of {args.repeat} runs for validation, one run otherwise, each in a fresh process.
-Machine: {cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), Python {platform.python_version()}.
+Machine: {cpu_name()}, {os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.1f}), \
+Python {platform.python_version()}.
 Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/validate_triplets.py`
 """
     if not args.no_write:
