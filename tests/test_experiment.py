@@ -61,7 +61,7 @@ def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama
         report = run_experiment(spec, data_dir=str(data), max_cells=2)
         text = (report / "README.md").read_text()
         assert "Cells finished: 2 of 3" in text and "Learning rate ablation" in text
-        assert (report / "ablation_lr__" f"{cells[0].base_key.split('__')[0]}" / "comparison.png").is_file()
+        assert (report / f"ablation_lr__{cells[0].model_key}" / "comparison.png").is_file()
         assert len(list((tmp_path / "out" / "base").iterdir())) == 1  # one base eval shared by the cells
 
         calls = []

@@ -58,13 +58,18 @@ class Cell:
     varied: str = "reference"  # which factor this cell ablates ("reference" for the reference cell)
 
     @property
+    def model_key(self) -> str:
+        """The model name made safe for a folder name."""
+        return re.sub(r"[^A-Za-z0-9.-]+", "_", self.model)[-40:]
+
+    @property
     def name(self) -> str:
-        model = re.sub(r"[^A-Za-z0-9.-]+", "_", self.model)[-40:]
-        return f"{model}__lr{self.lr:g}__prompt-{self.prompt or 'none'}__hn-{int(self.hard_negatives)}__{self.pooling}"
+        return (f"{self.model_key}__lr{self.lr:g}__prompt-{self.prompt or 'none'}__hn-{int(self.hard_negatives)}"
+                f"__{self.pooling}")
 
     @property
     def base_key(self) -> str:
-        return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', self.model)[-40:]}__prompt-{self.prompt or 'none'}__{self.pooling}"
+        return f"{self.model_key}__prompt-{self.prompt or 'none'}__{self.pooling}"
 
     def overrides(self) -> list[str]:
         return [f"model.name_or_path={self.model}", f"train.lr={self.lr}",

@@ -49,7 +49,7 @@ def write_report(spec, cells, records: list[dict[str, Any]], out: Path) -> Path:
             if len(group) < 2 or not any(c.varied == factor for c in group):
                 continue
             payloads = {_label(by_name[c.name]["cell"], factor): by_name[c.name]["final"] for c in group}
-            folder = f"ablation_{factor}__{group[0].base_key.split('__')[0]}"
+            folder = f"ablation_{factor}__{group[0].model_key}"
             md, _ = compare(payloads, out / folder)
             parts += [f"## {title} ablation: {model}\n", md, "", f"![{factor}]({folder}/comparison.png)\n"]
 
