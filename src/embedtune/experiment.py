@@ -150,10 +150,7 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     record: dict[str, Any] = {"cell": asdict(cell), "name": cell.name, "config": cfg.to_dict()}
 
     if not (base_dir / "results.json").is_file():
-        m = cfg.model
-        base = Embedder.from_pretrained(m.name_or_path, gguf_file=m.gguf_file, dtype=m.dtype,
-                                        trust_remote_code=m.trust_remote_code, pooling=m.pooling, prompt=m.prompt,
-                                        max_length=m.max_length)
+        base = Embedder.from_config(cfg.model)
         _evaluate(base, base_dir, spec, cfg.data.data_dir, f"base {cell.base_key}", {"run": None})
         del base
     from .evaluation.report import load_results

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DEFAULT_MODEL, resolve_prompt
+from ..config import DEFAULT_MODEL, ModelConfig, resolve_prompt
 from ..data.collate import TextTokenizer, batches_by_length, position_ids
 from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_dtype, resolve_source
 from .pooling import get_pooler
@@ -104,6 +104,15 @@ class Embedder(nn.Module):
 
             backbone = PeftModel.from_pretrained(backbone, str(adapter)).to(device).eval()
         return cls(backbone, tokenizer, source=source, **options)
+
+    @classmethod
+    def from_config(cls, m: ModelConfig, device: str | None = None) -> Embedder:
+        """Build from a recipe's ``model`` section (what training and experiments share)."""
+        return cls.from_pretrained(
+            m.name_or_path, gguf_file=m.gguf_file, dtype=m.dtype, device=device, trust_remote_code=m.trust_remote_code,
+            pooling=m.pooling, prompt=m.prompt, max_length=m.max_length, normalize=m.normalize,
+            padding_side=m.padding_side,
+        )
 
     @property
     def tokenizer(self) -> Any:

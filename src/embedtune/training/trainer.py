@@ -93,12 +93,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def build_embedder(cfg: RunConfig, device: torch.device) -> Embedder:
-    m = cfg.model
-    embedder = Embedder.from_pretrained(
-        m.name_or_path, gguf_file=m.gguf_file, dtype=m.dtype, device=str(device), trust_remote_code=m.trust_remote_code,
-        pooling=m.pooling, prompt=m.prompt, max_length=m.max_length, normalize=m.normalize,
-        padding_side=m.padding_side,
-    )
+    embedder = Embedder.from_config(cfg.model, device=str(device))
     for p in embedder.backbone.parameters():
         p.requires_grad_(False)
     if cfg.train.gradient_checkpointing:
