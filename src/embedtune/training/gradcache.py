@@ -7,10 +7,14 @@ are those of the full batch, and so are the negatives — which gradient accumul
 
 Texts of a step are embedded in length-sorted chunks regardless of role (anchor, positive, negative):
 each text's embedding is independent of its chunk mates, so grouping by length only removes padding.
+Cached chunks are cut by a token budget, not a row count: activation memory follows padded tokens, and
+a fixed row count sorted longest-first would put the longest texts of a 512-triplet batch into one chunk
+several times the size of an average mini-batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -51,6 +55,27 @@ def _chunks(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Rows, longest first, cut into chunks whose padded size (rows x longest row) is at most
+    ``max_tokens``; a single row longer than the budget forms a chunk of its own."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= max_tokens:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+def mini_batch_token_budget(rows: Sequence[Sequence[int]], mini_batch_size: int, roles: int) -> int:
+    """The tokens of ``mini_batch_size`` average tuples of this batch: what a plain step of that many
+    triplets embeds, so a cached chunk needs about the memory of such a step."""
+    mean = sum(len(r) for r in rows) / max(len(rows), 1)
+    return max(1, math.ceil(mini_batch_size * roles * mean))
+
+
 def _rng_state(device: torch.device) -> tuple:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return torch.get_rng_state(), cuda
@@ -75,7 +100,8 @@ def contrastive_step(
         batch: this process's triplets (or pairs).
         temperature: InfoNCE temperature.
         mini_batch_size: None for a plain step (the whole local batch keeps its graph); else GradCache
-            with chunks of this many triplets' texts.
+            with chunks of about the padded tokens of this many of the batch's triplets (see
+            :func:`mini_batch_token_budget`).
         autocast: context factory for mixed precision.
         device: where the model lives.
         loss_scale: multiplies the loss before backward (fp16 loss scaling); the returned loss is unscaled.
@@ -107,7 +133,7 @@ def contrastive_step(
         (loss * loss_scale).backward()
         return float(loss.detach())
 
-    chunks = _chunks(rows, mini_batch_size * roles)
+    chunks = token_budget_chunks([len(r) for r in rows], mini_batch_token_budget(rows, mini_batch_size, roles))
     states, parts = [], []
     with torch.no_grad():
         for idx in chunks:
