@@ -14,12 +14,13 @@ TEXTS = ["a man plays guitar", "the dog", "two children are playing in the park 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("pooling", ["last", "mean", "weighted_mean"])
-def test_left_and_right_padding_give_identical_embeddings(tiny_models, family, pooling):
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_left_and_right_padding_give_identical_embeddings(tiny_models, family, pooling, attn):
     from transformers import AutoModel
 
     # The test tokenizer is passed in directly: AutoTokenizer would swap it for the family's own class
     # (Qwen2Tokenizer rebuilds it from BPE merges it does not have, and every word became one id).
-    backbone = AutoModel.from_pretrained(str(tiny_models[family])).eval()
+    backbone = AutoModel.from_pretrained(str(tiny_models[family]), attn_implementation=attn).eval()
     right = Embedder(backbone, make_tokenizer(), pooling=pooling)
     left = Embedder(backbone, make_tokenizer(), pooling=pooling, padding_side="left")
     rows = right.text_tokenizer.ids(TEXTS)
@@ -127,3 +128,27 @@ def test_missing_model_error_says_what_was_tried(tmp_path):
         resolve_source(str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="no such file"):
         resolve_source(str(tmp_path / "nope.gguf"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eager_and_sdpa_attention_give_the_same_embeddings(tiny_models, family):
+    """``attn_implementation=auto`` picks eager on CPU for speed; it must not change the embeddings."""
+    from embedtune.models.loading import load_backbone, resolve_source
+
+    source = resolve_source(str(tiny_models[family]))
+    out = {}
+    for attn in ("eager", "sdpa"):
+        backbone = load_backbone(source, dtype="float32", device="cpu", attn_implementation=attn)
+        assert backbone.config._attn_implementation == attn
+        out[attn] = Embedder(backbone, make_tokenizer()).encode(TEXTS, batch_size=4, normalize=False)
+    np.testing.assert_allclose(out["eager"], out["sdpa"], atol=1e-5)
+
+
+def test_attention_implementation_auto_and_unknown():
+    from embedtune.models.loading import resolve_attn_implementation
+
+    assert resolve_attn_implementation("auto", "cpu") == "eager"
+    assert resolve_attn_implementation("auto", "cuda") is None  # transformers' own choice on GPUs
+    assert resolve_attn_implementation("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        resolve_attn_implementation("flash", "cpu")

@@ -49,6 +49,9 @@ class ModelConfig:
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside name_or_path"})
     dtype: str = field(default="auto", metadata={"help": "auto|float32|bfloat16|float16 (auto: fp32 CPU, bf16 GPU)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (MiniCPM needs it)"})
+    attn_implementation: str = field(
+        default="auto", metadata={"help": "auto (eager on CPU: faster training) | eager | sdpa | flash_attention_2"}
+    )
     pooling: str = field(default="last", metadata={"help": "last (EOS state, the paper's) | mean | weighted_mean"})
     prompt: str | None = field(default=None, metadata={"help": "none|p1|p2|p3 or a template with {}"})
     max_length: int = field(default=128, metadata={"help": "token cap per text, EOS included"})

@@ -88,16 +88,19 @@ class Embedder(nn.Module):
         dtype: str | torch.dtype | None = "auto",
         device: str | None = None,
         trust_remote_code: bool = False,
+        attn_implementation: str | None = "auto",
         **options: Any,
     ) -> Embedder:
         """Load a base model (hub id, folder, ``.gguf``, or ``default``) and optionally a LoRA adapter.
 
-        ``options`` are the constructor's keyword arguments (pooling, prompt, max_length, normalize,
-        padding_side).
+        ``attn_implementation``: ``auto`` (eager on CPU, transformers' choice on GPU), ``eager``, ``sdpa``
+        or ``flash_attention_2``. ``options`` are the constructor's keyword arguments (pooling, prompt,
+        max_length, normalize, padding_side).
         """
         source = resolve_source(model or DEFAULT_MODEL, gguf_file)
         device = device or default_device()
-        backbone = load_backbone(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        backbone = load_backbone(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                 attn_implementation=attn_implementation)
         tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
         if adapter is not None:
             from peft import PeftModel
@@ -110,7 +113,8 @@ class Embedder(nn.Module):
         """Build from a recipe's ``model`` section (what training and experiments share)."""
         return cls.from_pretrained(
             m.name_or_path, gguf_file=m.gguf_file, dtype=m.dtype, device=device, trust_remote_code=m.trust_remote_code,
-            pooling=m.pooling, prompt=m.prompt, max_length=m.max_length, normalize=m.normalize,
+            attn_implementation=m.attn_implementation, pooling=m.pooling, prompt=m.prompt, max_length=m.max_length,
+            normalize=m.normalize,
             padding_side=m.padding_side,
         )
 
