@@ -222,7 +222,8 @@ def create_app(
         s = batcher.stats
         return responses.JSONResponse({
             "status": "ok", "model": model_name, "dimensions": embedder.dim, "queued": batcher.pending,
-            "batches": s.batches, "embedded": s.rows, "max_requests_per_batch": s.max_requests_per_batch})
+            "batches": s.batches, "embedded": s.rows, "max_requests_per_batch": s.max_requests_per_batch,
+            "forward_seconds": round(s.forward_seconds, 3)})
 
     async def models(request):
         check_key(request)
