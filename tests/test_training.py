@@ -20,7 +20,14 @@ from embedtune.training.gradcache import (
 )
 from embedtune.training.lora import apply_lora, enable_gradient_checkpointing, resolve_targets
 from embedtune.training.loss import info_nce
-from embedtune.training.trainer import TrainingDivergedError, build_embedder, train
+from embedtune.training.trainer import (
+    TrainingDivergedError,
+    build_embedder,
+    epoch_batches,
+    epoch_order,
+    steps_per_epoch_of,
+    train,
+)
 
 WORDS = "a man woman dog cat plays sits on in the park street guitar piano runs eats food red blue big small".split()
 
@@ -208,6 +215,44 @@ def test_resume_equals_uninterrupted_run(tiny_llama, tmp_path, mini_batch_size):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_epoch_batches_hold_one_kind_each(grouped):
+    kinds = [True] * 23 + [False] * 14  # 23 triplets, 14 pairs
+    lengths = [(7 * i) % 31 + 1 for i in range(len(kinds))] if grouped else None
+    batches = epoch_batches(kinds, 0, seed=3, lengths=lengths, batch=4)
+    assert len(batches) == steps_per_epoch_of(kinds, 4) == 5 + 3
+    assert all(len(b) == 4 and len({kinds[i] for i in b}) == 1 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat)
+    assert [kinds[b[0]] for b in batches].count(False) == 3
+    assert batches == epoch_batches(kinds, 0, seed=3, lengths=lengths, batch=4)  # deterministic (resume)
+    assert batches != epoch_batches(kinds, 1, seed=3, lengths=lengths, batch=4)  # reshuffled every epoch
+    # one kind: the plain epoch order cut into full batches (runs made before pairs could mix are unchanged)
+    order = epoch_order(10, 2, 5, None, 3)
+    assert epoch_batches([True] * 10, 2, 5, None, 3) == [order[0:3], order[3:6], order[6:9]]
+
+
+def test_mixed_triplets_and_pairs_train_with_negatives_only_in_triplet_batches(tiny_llama, tmp_path, monkeypatch):
+    from embedtune.training import trainer as trainer_mod
+
+    seen = []
+
+    def spy(model, pad, batch, **kw):
+        seen.append((len(batch), batch.negatives is None))
+        return contrastive_step(model, pad, batch, **kw)
+
+    monkeypatch.setattr(trainer_mod, "contrastive_step", spy)
+    exs = make_examples(8) + [Ex(e.anchor, e.positive, None) for e in make_examples(8, seed=1)]
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=None, epochs=1.0)
+    train(cfg, examples=exs, show_progress=False)
+    assert sorted(seen) == [(4, False), (4, False), (4, True), (4, True)]  # 2 triplet batches, 2 pair batches
+    cfg = tiny_cfg(tiny_llama, tmp_path / "off", max_steps=1)
+    cfg.data.hard_negatives = False
+    seen.clear()
+    train(cfg, examples=exs, show_progress=False)
+    assert seen == [(4, True)]  # hard negatives off: every batch is pairs, kinds no longer matter
 
 
 def test_crash_during_checkpoint_save_keeps_previous(tiny_llama, tmp_path, monkeypatch):

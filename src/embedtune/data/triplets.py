@@ -254,8 +254,8 @@ def load_training_data(paths: list[str] | str, columns: dict[str, str] | None = 
         log.info("%s: %d rows (%d skipped, %d exact duplicates)", report.file, report.rows, report.skipped,
                  report.duplicates)
     if len({r.has_negatives for r in reports}) > 1:
-        log.warning("some inputs have hard negatives and some do not: %s",
-                    ", ".join(f"{r.file}={'yes' if r.has_negatives else 'no'}" for r in reports))
+        log.info("triplets and pairs mixed (training batches hold one kind each): %s",
+                 ", ".join(f"{r.file}={'triplets' if r.has_negatives else 'pairs'}" for r in reports))
     return examples, reports
 
 

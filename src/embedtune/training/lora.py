@@ -6,6 +6,7 @@ The family is read from ``config.model_type``, never from a checkpoint name.
 from __future__ import annotations
 
 import logging
+import warnings
 
 from torch import nn
 
@@ -88,7 +89,10 @@ def apply_lora(backbone: nn.Module, cfg: LoraConfig) -> nn.Module:
         init_lora_weights="gaussian" if cfg.init == "gaussian" else True,
         fan_in_fan_out=fused_conv1d,  # GPT-2 stores Conv1D weights transposed
     )
-    model = get_peft_model(backbone, peft_cfg)
+    with warnings.catch_warnings():
+        # peft 0.21 asks transformers 5 for the renamed `is_gradient_checkpointing`; nothing for users to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(backbone, peft_cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("LoRA on %s: %d trainable parameters of %d (%.3f%%)", targets, trainable, total, 100 * trainable / total)

@@ -86,6 +86,36 @@ def epoch_order(n: int, epoch: int, seed: int, lengths: list[int] | None, batch:
     return order
 
 
+def epoch_batches(kinds: list[bool], epoch: int, seed: int, lengths: list[int] | None, batch: int) -> list[list[int]]:
+    """The full batches of one epoch, each holding examples of one kind only.
+
+    ``kinds[i]`` says whether example ``i`` is trained with a hard negative. Triplets and pairs can share a
+    run (NLI triplets plus paraphrase pairs, say) but not a batch: a batch is one InfoNCE problem, and
+    across processes every rank must gather the same roles. Each kind is ordered on its own (seeded
+    shuffle or length groups), cut into full batches, and the batches of all kinds are shuffled together,
+    so kinds mix over the epoch in proportion to their size. With one kind this is ``epoch_order`` cut into
+    batches. Up to ``batch - 1`` examples per kind do not fill a batch and wait for a later epoch (the
+    shuffle differs each epoch, so different ones).
+    """
+    groups: dict[bool, list[int]] = {}
+    for i, k in enumerate(kinds):
+        groups.setdefault(k, []).append(i)
+    batches: list[list[int]] = []
+    for k, members in sorted(groups.items()):
+        sub_lengths = [lengths[i] for i in members] if lengths is not None else None
+        sub_seed = seed if len(groups) == 1 else seed * 7 + int(k)
+        order = [members[i] for i in epoch_order(len(members), epoch, sub_seed, sub_lengths, batch)]
+        batches.extend(order[j : j + batch] for j in range(0, len(order) - batch + 1, batch))
+    if len(groups) > 1:
+        random.Random(seed * 1000 + epoch).shuffle(batches)
+    return batches
+
+
+def steps_per_epoch_of(kinds: list[bool], batch: int) -> int:
+    """Full batches per epoch when each batch holds one kind (see :func:`epoch_batches`)."""
+    return sum(n // batch for n in (kinds.count(True), kinds.count(False)))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -144,8 +174,16 @@ def train(
     examples, data_report = prepare_examples(cfg, examples, out if dist.is_main() else None)
     if len(examples) < tc.batch_size:
         raise ValueError(f"{len(examples)} training examples cannot fill one batch of {tc.batch_size}")
-    use_neg = cfg.data.hard_negatives and all(e.negative is not None for e in examples)
-    steps_per_epoch = len(examples) // tc.batch_size  # the last incomplete batch of an epoch is not used
+    # Triplets train with their hard negative, pairs with in-batch negatives only; batches hold one kind.
+    kinds = [cfg.data.hard_negatives and e.negative is not None for e in examples]
+    steps_per_epoch = steps_per_epoch_of(kinds, tc.batch_size)  # the last incomplete batch of a kind waits
+    if steps_per_epoch == 0:
+        raise ValueError(f"no kind of example (triplets: {kinds.count(True)}, pairs: {kinds.count(False)}) "
+                         f"fills one batch of {tc.batch_size}")
+    if len(set(kinds)) > 1:
+        log.info("%d triplets and %d pairs: %d batches of triplets and %d of pairs per epoch, shuffled together",
+                 kinds.count(True), kinds.count(False), kinds.count(True) // tc.batch_size,
+                 kinds.count(False) // tc.batch_size)
     total = tc.max_steps if tc.max_steps is not None else max(1, int(tc.epochs * steps_per_epoch))
 
     if embedder is None:
@@ -179,7 +217,7 @@ def train(
         _evaluate(0, dev_eval, embedder, state, out, metrics, cfg.eval.batch_size)
 
     embedder.train()
-    order_cache: dict[int, list[int]] = {}
+    order_cache: dict[int, list[list[int]]] = {}
     last_loss, t0, seen = float("nan"), time.perf_counter(), 0
     end = total if stop_after is None else min(total, start + stop_after)
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (show_progress and dist.is_main()),
@@ -187,13 +225,13 @@ def train(
     for step in range(start, end):
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in order_cache:
-            order_cache = {epoch: epoch_order(len(examples), epoch, tc.seed, lengths, tc.batch_size)}
-        idx = order_cache[epoch][k * tc.batch_size : (k + 1) * tc.batch_size][rank * local_b : (rank + 1) * local_b]
+            order_cache = {epoch: epoch_batches(kinds, epoch, tc.seed, lengths, tc.batch_size)}
+        idx = order_cache[epoch][k][rank * local_b : (rank + 1) * local_b]
         rows = [examples[i] for i in idx]
         batch = ContrastiveBatch(
             tt.ids([e.anchor for e in rows]),
             tt.ids([e.positive for e in rows]),
-            tt.ids([e.negative for e in rows]) if use_neg else None,
+            tt.ids([e.negative for e in rows]) if kinds[idx[0]] else None,
         )
         torch.manual_seed(tc.seed * 1_000_003 + rank * 10_007 + step)  # dropout RNG of this step and rank
         loss = contrastive_step(
