@@ -203,8 +203,8 @@ Target: server throughput within 1.5x of `Embedder.encode`, 0 errors — {verdic
 `Embedder.encode` is {ratio:.2f}x the server's throughput. The server ran {health['batches']:,} batches
 (largest: {health['max_requests_per_batch']} requests in one) and spent {health['forward_seconds']:.0f} s of its \
 {server_s:.0f} s embedding them. `encode` sorts all texts by length before
-batching; the server can only sort the texts that arrive together, so it splits each batch where padding
-would exceed 25% of real tokens.
+batching; the server can only sort the texts that arrive together, so it cuts each batch into the passes
+of least estimated cost (padded tokens plus a per-pass cost; `batching.least_cost_chunks`).
 Machine: {cpu}, {os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.1f} at the end), torch
 {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.
 Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \

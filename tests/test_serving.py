@@ -153,16 +153,26 @@ def test_cli_serve_parses_and_builds_app(tiny_llama, monkeypatch):
         assert r.status_code == 200 and r.json()["model"] == str(tiny_llama)
 
 
-def test_padding_bounded_chunks_cover_every_row_once():
+def test_least_cost_chunks_cover_every_row_once_at_least_cost():
     import random
 
-    from embedtune.batching import padding_bounded_chunks
+    from embedtune.batching import least_cost_chunks
+
+    def cost(chunks, lengths, per_pass):
+        return sum(per_pass + len(c) * max(lengths[i] for i in c) for c in chunks)
 
     rng = random.Random(0)
     lengths = [rng.randint(3, 60) for _ in range(100)]
-    chunks = padding_bounded_chunks(lengths, 32)
+    chunks = least_cost_chunks(lengths, 32, pass_cost=48)
     assert sorted(i for c in chunks for i in c) == list(range(100))
-    assert all(len(c) <= 32 for c in chunks)
-    padded = sum(max(lengths[i] for i in c) * len(c) for c in chunks)
-    assert padded <= 1.25 * sum(lengths)
-    assert padding_bounded_chunks([5] * 70, 32) == [list(range(32)), list(range(32, 64)), list(range(64, 70))]
+    assert all(1 <= len(c) <= 32 for c in chunks)
+    order = sorted(range(100), key=lambda i: -lengths[i])
+    fixed = [order[i : i + 32] for i in range(0, 100, 32)]  # fewest passes, most padding
+    singles = [[i] for i in order]  # no padding, most passes
+    assert cost(chunks, lengths, 48) <= min(cost(fixed, lengths, 48), cost(singles, lengths, 48))
+    # equal lengths: padding costs nothing, so the fewest passes the size limit allows
+    assert sorted(len(c) for c in least_cost_chunks([5] * 70, 32)) == [6, 32, 32]
+    # a free pass means no padding at all; a costly one means full passes
+    assert all(len({lengths[i] for i in c}) == 1 for c in least_cost_chunks(lengths, 32, pass_cost=0))
+    assert len(least_cost_chunks(lengths, 32, pass_cost=10**6)) == 4
+    assert least_cost_chunks([], 8) == []

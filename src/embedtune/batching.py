@@ -26,29 +26,39 @@ from .models.embedder import Embedder
 log = logging.getLogger(__name__)
 
 
-def padding_bounded_chunks(lengths: Sequence[int], max_size: int, slack: float = 1.25) -> list[list[int]]:
-    """Split rows, longest first, into forward passes of at most ``max_size`` rows whose padded size
-    (rows x longest row) stays within ``slack`` x their real tokens.
+PASS_COST_TOKENS = 48
+
+
+def least_cost_chunks(lengths: Sequence[int], max_size: int, pass_cost: float = PASS_COST_TOKENS) -> list[list[int]]:
+    """Split rows into forward passes of at most ``max_size`` rows at the least estimated cost.
 
     ``Embedder.encode`` sorts a whole corpus by length, so its batches carry almost no padding; a server
-    batch holds whatever arrived together. On a CPU the cost of a pass grows with its padded tokens, so
-    a short text padded to a long neighbour's length costs as much as the long one; cutting the batch
-    where padding would grow keeps the server's cost per text close to ``encode``'s.
+    batch holds whatever arrived together, and one pass over all of it pads every short text to the
+    longest (on STSBenchmark sentences that halved the throughput). Many small passes waste less on padding
+    but pay a fixed cost per pass. The cost of a pass is modelled as ``pass_cost + rows x longest row``
+    (padded tokens plus a per-pass cost in tokens), and the rows, sorted longest first, are cut where the
+    total is least (dynamic programming over cut points, O(n x max_size)). On the 2-core CPU a pass cost
+    of 48 tokens gave the best throughput for batches of 32 random STSBenchmark sentences (of 16, 48, 96,
+    192), 1.2x the split where padding exceeds 25% of real tokens.
     """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    width = [lengths[i] for i in order]  # non-increasing: a chunk [i, j) is as wide as its first row
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_size), j):
+            cost = best[i] + pass_cost + (j - i) * width[i]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     chunks: list[list[int]] = []
-    chunk: list[int] = []
-    real = 0
-    for i in order:
-        width = lengths[chunk[0]] if chunk else lengths[i]
-        if chunk and (len(chunk) >= max_size or width * (len(chunk) + 1) > slack * (real + lengths[i])):
-            chunks.append(chunk)
-            chunk, real = [], 0
-        chunk.append(i)
-        real += lengths[i]
-    if chunk:
-        chunks.append(chunk)
-    return chunks
+    j = n
+    while j > 0:
+        chunks.append(order[cut[j] : j])
+        j = cut[j]
+    return chunks[::-1]
 
 
 @dataclass
@@ -153,7 +163,7 @@ class MicroBatcher:
         start = time.perf_counter()
         try:
             vectors = np.zeros((len(rows), self.embedder.dim), dtype=np.float32)  # (N, D)
-            for idx in padding_bounded_chunks([len(r) for r in rows], self.max_batch_size):
+            for idx in least_cost_chunks([len(r) for r in rows], self.max_batch_size):
                 vectors[idx] = self.embedder.encode_ids([rows[i] for i in idx], batch_size=len(idx))
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
             log.exception("embedding a batch of %d rows failed", len(rows))
