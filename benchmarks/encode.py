@@ -228,7 +228,7 @@ def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, sam
     if SECTION in text:
         start = text.index(SECTION)
         nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
+        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     write_text_atomic(DOC, text)
