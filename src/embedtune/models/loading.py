@@ -116,7 +116,8 @@ def resolve_attn_implementation(attn: str | None, device: str | torch.device) ->
 
     ``auto`` is ``eager`` on CPU: for the short texts of contrastive training, the CPU flash-attention
     backward of ``sdpa`` took 28% of a training step (benchmarks/train_speed.py; docs/benchmarks.md), while
-    eager attention's plain matrix products are as fast in inference and about 1.6x faster in training.
+    eager attention's plain matrix products are as fast in inference and made demo training 1.3x faster
+    (1.6x in a profiled step).
     On GPUs ``auto`` keeps transformers' choice.
     """
     if attn in (None, "auto"):

@@ -172,14 +172,12 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
 
     examples, data_report = prepare_examples(cfg, examples, out if dist.is_main() else None)
-    if len(examples) < tc.batch_size:
-        raise ValueError(f"{len(examples)} training examples cannot fill one batch of {tc.batch_size}")
     # Triplets train with their hard negative, pairs with in-batch negatives only; batches hold one kind.
     kinds = [cfg.data.hard_negatives and e.negative is not None for e in examples]
     steps_per_epoch = steps_per_epoch_of(kinds, tc.batch_size)  # the last incomplete batch of a kind waits
     if steps_per_epoch == 0:
-        raise ValueError(f"no kind of example (triplets: {kinds.count(True)}, pairs: {kinds.count(False)}) "
-                         f"fills one batch of {tc.batch_size}")
+        raise ValueError(f"{len(examples)} training examples (triplets: {kinds.count(True)}, pairs: "
+                         f"{kinds.count(False)}; a batch holds one kind) cannot fill one batch of {tc.batch_size}")
     if len(set(kinds)) > 1:
         log.info("%d triplets and %d pairs: %d batches of triplets and %d of pairs per epoch, shuffled together",
                  kinds.count(True), kinds.count(False), kinds.count(True) // tc.batch_size,
