@@ -25,6 +25,19 @@ def test_encode_txt_and_jsonl_match_library(tiny_llama, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "b.npy"), expected, atol=1e-6)
 
 
+def test_encode_autocast_option(tiny_llama, tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("a man plays guitar\nthe dog runs\n", encoding="utf-8")
+    args = ["encode", "--model", str(tiny_llama), "--device", "cpu", "--input", str(tmp_path / "t.txt")]
+    assert main([*args, "--output", str(tmp_path / "a.npy")]) == 0
+    assert main([*args, "--output", str(tmp_path / "b.npy"), "--autocast", "bf16"]) == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert np.abs(a - b).max() > 1e-6 and (a * b).sum(axis=1).min() > 0.98
+    with pytest.raises(SystemExit):
+        main([*args, "--output", str(tmp_path / "c.npy"), "--autocast", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+    assert not (tmp_path / "c.npy").exists()
+
+
 def test_encode_stdin(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("a dog\nthe cat sits\n"))
     assert main(["encode", "--model", str(tiny_llama), "--device", "cpu", "--input", "-",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,27 @@ def test_attention_implementation_auto_and_unknown():
     assert resolve_attn_implementation("sdpa", "cpu") == "sdpa"
     with pytest.raises(ValueError, match="flash_attention_2"):
         resolve_attn_implementation("flash", "cpu")
+
+
+def test_autocast_bf16_runs_in_bf16_and_stays_close(tiny_llama, tmp_path):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
+    exact = emb.encode(TEXTS)
+    emb.autocast = "bf16"
+    fast = emb.encode(TEXTS)
+    assert fast.dtype == np.float32
+    assert np.abs(fast - exact).max() > 1e-6  # bf16 products really ran
+    assert (fast * exact).sum(axis=1).min() > 0.98  # ... and the vectors barely move
+    assert next(emb.backbone.parameters()).dtype == torch.float32  # weights untouched
+    emb.save(tmp_path / "saved")
+    assert "autocast" not in json.loads((tmp_path / "saved" / "embedtune.json").read_text())  # runtime choice
+    assert Embedder.load(tmp_path / "saved", device="cpu", autocast="bf16").autocast == "bf16"
+    emb.autocast = "none"
+    np.testing.assert_allclose(emb.encode(TEXTS), exact, atol=1e-6)
+
+
+def test_autocast_rejects_bad_values(tiny_llama):
+    with pytest.raises(ValueError, match="autocast must be bf16, fp16 or none, got 'int8'"):
+        Embedder.from_pretrained(str(tiny_llama), device="cpu", autocast="int8")
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", autocast="fp16")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        emb.encode(["a dog"])

@@ -87,6 +87,9 @@ def test_experiment_spec_errors(tmp_path):
     bad.write_text("name: x\nablate: {temperature: [0.1]}\n")
     with pytest.raises(ValueError, match="factor 'temperature' is not one of"):
         load_spec(bad)
+    bad.write_text("name: x\neval_autocast: int8\n")
+    with pytest.raises(ValueError, match="eval_autocast must be bf16, fp16 or none, got 'int8'"):
+        load_spec(bad)
     bad.write_text("name: x\nmodles: [default]\n")
     with pytest.raises(ValueError, match="unknown key.*modles"):
         load_spec(bad)

@@ -46,6 +46,7 @@ class ExperimentSpec:
     eval_tasks: str | list[str] = "all"
     eval_batch_size: int = 64
     eval_best: bool = True
+    eval_autocast: str | None = None  # bf16: evaluate under autocast (~2x faster on AVX512-BF16 CPUs)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     for key in list(data.get("ablate", {})) + list(data.get("reference", {})):
         if key not in FACTORS:
             raise ConfigError(f"{p}: factor {key!r} is not one of {', '.join(FACTORS)}")
+    if data.get("eval_autocast") not in (None, "none", "bf16", "fp16"):
+        raise ConfigError(f"{p}: eval_autocast must be bf16, fp16 or none, got {data['eval_autocast']!r}")
     return ExperimentSpec(**data)
 
 
@@ -125,6 +128,7 @@ def _evaluate(embedder, out: Path, spec: ExperimentSpec, data_dir: str | None, l
 
     if (out / "results.json").is_file():
         return load_results(out)
+    embedder.autocast = spec.eval_autocast
     start = time.perf_counter()
     scores = evaluate_sts(embedder, spec.eval_tasks, data_dir=data_dir, batch_size=spec.eval_batch_size,
                           show_progress=True)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..config import DEFAULT_MODEL
-from .common import CliError, _build_embedder, _model_args
+from .common import AUTOCAST_CHOICES, AUTOCAST_HELP, CliError, _build_embedder, _model_args
 
 
 # ---- encode -------------------------------------------------------------------------------------------
@@ -227,6 +227,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="wait to fill a batch when traffic is light")
     p.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
+    p.add_argument("--autocast", default=None, choices=AUTOCAST_CHOICES, help=AUTOCAST_HELP)
     p.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
@@ -237,7 +238,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
     try:
-        embedder, name = load_model(args.model, device=args.device, dtype=args.dtype)
+        embedder, name = load_model(args.model, device=args.device, dtype=args.dtype, autocast=args.autocast)
         app = create_app(embedder, model_name=args.model_name or name, api_key=api_key, max_inputs=args.max_inputs,
                          max_tokens_per_input=args.max_tokens_per_input, max_batch_size=args.max_batch_size,
                          batch_timeout_ms=args.batch_timeout_ms, truncate=args.truncate)

@@ -116,6 +116,7 @@ def embedder_meta(embedder: Any, **extra: Any) -> dict[str, Any]:
         "prompt": getattr(embedder, "prompt", None),
         "max_length": getattr(embedder, "max_length", None),
         "dtype": dtype,
+        "autocast": getattr(embedder, "autocast", None),
     }
     meta.update(extra)
     return meta
