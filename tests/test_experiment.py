@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import warnings
 
@@ -80,6 +81,16 @@ def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama
     assert len(everything["cells"]) == 3
     assert all("mean" in c["final"] for c in everything["cells"])
     assert (report / "curve.png").is_file()
+
+    # Changing the recipe or the evaluation between calls must not mix results of different settings.
+    changed = dataclasses.replace(spec, overrides=["train.max_steps=5"])
+    msg = r"cell \S+/cells/\S+ was run with other settings \(config.train.max_steps: 3 -> 5\)"
+    with pytest.raises(ValueError, match=msg):
+        run_experiment(changed, data_dir=str(data))
+    changed = dataclasses.replace(spec, eval_autocast="bf16")
+    msg = r"base evaluation \S+/base/\S+ was run with other settings \(eval.autocast: None -> 'bf16'\)"
+    with pytest.raises(ValueError, match=msg):
+        run_experiment(changed, data_dir=str(data))
 
 
 def test_experiment_spec_errors(tmp_path):

@@ -138,6 +138,43 @@ def _evaluate(embedder, out: Path, spec: ExperimentSpec, data_dir: str | None, l
     return payload
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_settings(folder: Path, settings: dict[str, Any], what: str) -> None:
+    """Record what produced ``folder`` (``settings.json``), or refuse to reuse it for different settings.
+
+    Finished cells and base evaluations are skipped on the next call; without this check, editing the
+    spec or the recipe between calls would silently mix results of different settings in one report.
+    """
+    path = folder / "settings.json"
+    settings = json.loads(json.dumps(settings, default=str))
+    if path.is_file():
+        old = _flat(json.loads(path.read_text(encoding="utf-8")))
+        new = _flat(settings)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+            more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+            raise ConfigError(
+                f"{what} {folder} was run with other settings ({shown}{more}); "
+                "use another output_dir, or delete that folder to run it again")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
+    return {"tasks": spec.eval_tasks, "autocast": spec.eval_autocast, "batch_size": spec.eval_batch_size}
+
+
 def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None) -> dict[str, Any]:
     """Base eval (shared), training (resumable), final and best evaluation of one cell."""
     from .models.embedder import Embedder
@@ -152,6 +189,11 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     cfg.train.resume = "auto"
     base_dir = root / "base" / cell.base_key
     record: dict[str, Any] = {"cell": asdict(cell), "name": cell.name, "config": cfg.to_dict()}
+    training = cfg.to_dict()
+    for section, key in (("train", "output_dir"), ("train", "resume"), ("data", "data_dir")):
+        training[section].pop(key, None)  # where things are, not what is computed
+    check_settings(base_dir, {"model": training["model"], "eval": _eval_settings(spec)}, "base evaluation")
+    check_settings(cell_dir, {"config": training, "eval": _eval_settings(spec)}, "cell")
 
     if not (base_dir / "results.json").is_file():
         base = Embedder.from_config(cfg.model)
