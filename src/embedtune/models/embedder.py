@@ -54,8 +54,9 @@ class Embedder(nn.Module):
         source: where the base model came from (recorded by :meth:`save`).
         autocast: ``bf16`` or ``fp16`` runs :meth:`encode` under ``torch.autocast`` (matrix products in that
             type; weights and the residual stream keep the load dtype); None (default) does not. On this
-            2-core AVX512-BF16 CPU, ``bf16`` encodes 2x faster than fp32 and scored STSBenchmark 69.25 vs
-            69.21 (cosines to the fp32 vectors >= 0.997; docs/results.md). A runtime choice: not saved.
+            2-core AVX512-BF16 CPU, ``bf16`` encoded 1.3x (nine benchmarks) to 2x (STSBenchmark) faster than
+            fp32, and the nine-benchmark mean moved by 0.03-0.11 (cosines to the fp32 vectors >= 0.997;
+            docs/results.md). A runtime choice: not saved.
     """
 
     def __init__(
