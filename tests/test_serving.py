@@ -176,3 +176,18 @@ def test_least_cost_chunks_cover_every_row_once_at_least_cost():
     assert all(len({lengths[i] for i in c}) == 1 for c in least_cost_chunks(lengths, 32, pass_cost=0))
     assert len(least_cost_chunks(lengths, 32, pass_cost=10**6)) == 4
     assert least_cost_chunks([], 8) == []
+
+
+def test_autocast_serving_matches_autocast_encode(tiny_llama):
+    from embedtune.serving import load_model
+
+    fast, name = load_model(str(tiny_llama), device="cpu", autocast="bf16")
+    assert fast.autocast == "bf16"
+    app = create_app(fast, model_name=name)
+    with running_server(app) as url:
+        assert httpx.get(f"{url}/health").json()["autocast"] == "bf16"
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS})
+    got = np.array([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(got, fast.encode(TEXTS), atol=1e-6)
+    fast.autocast = None
+    assert np.abs(got - fast.encode(TEXTS)).max() > 1e-6  # the server really ran in bf16
