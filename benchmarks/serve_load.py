@@ -5,7 +5,7 @@ per request from C concurrent clients until N requests are done, and reports err
 and throughput. ``Embedder.encode`` on the same texts is timed in this process before and after the
 server runs (never at the same time; the machine's speed drifts, so the ratio uses the mean of the two).
 Last, the server's batches are replayed in this process without HTTP (groups of the server's mean batch
-size in request order, cut by ``least_cost_chunks`` as the server cuts them): that splits the gap to
+size in request order, embedded as the server embeds them, ``MicroBatcher.embed_batch``): that splits the gap to
 ``encode`` into what batching costs and what serving over HTTP costs. Writes the ``## Serving`` section
 of docs/benchmarks.md.
 
@@ -48,9 +48,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, model: str, batch: int, timeout_ms: float | None = None) -> subprocess.Popen:
+def start_server(port: int, model: str, batch: int, timeout_ms: float | None = None,
+                 packing: str = "auto") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "embedtune", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           "--model-name", "bench", "--max-batch-size", str(batch), "--device", "cpu", "--log-level", "warning"]
+           "--model-name", "bench", "--max-batch-size", str(batch), "--device", "cpu", "--log-level", "warning",
+           "--packing", packing]
     if timeout_ms is not None:
         cmd += ["--batch-timeout-ms", str(timeout_ms)]
     proc = subprocess.Popen(cmd, cwd=ROOT)
@@ -158,6 +160,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32, help="server max batch and encode batch size")
     ap.add_argument("--batch-timeout-ms", type=float, default=None, help="the server's (default: serve's own)")
+    ap.add_argument("--packing", default="auto", choices=("auto", "on", "off"), help="the server's --packing")
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default=str(STS))
     ap.add_argument("--no-docs", action="store_true", help="print only; do not edit docs/benchmarks.md")
@@ -166,7 +169,7 @@ def main() -> int:
 
     import torch
 
-    from embedtune.batching import least_cost_chunks
+    from embedtune.batching import MicroBatcher
     from embedtune.models.embedder import Embedder
 
     emb = Embedder.from_pretrained(args.model, device="cpu")
@@ -181,7 +184,7 @@ def main() -> int:
     print(f"Embedder.encode before the server: {encode_before:.1f} texts/s", flush=True)
 
     port = free_port()
-    proc = start_server(port, args.model, args.batch_size, args.batch_timeout_ms)
+    proc = start_server(port, args.model, args.batch_size, args.batch_timeout_ms, args.packing)
     try:
         url = f"http://127.0.0.1:{port}"
         asyncio.run(load(url, texts[: args.concurrency], args.concurrency))  # warm-up
@@ -197,11 +200,10 @@ def main() -> int:
     # The server's batches without HTTP: same group size, same cutting into passes.
     group = max(1, round(health["embedded"] / max(health["batches"], 1)))
     rows = emb.text_tokenizer.ids(texts)
+    replayer = MicroBatcher(emb, max_batch_size=args.batch_size, packing=health["packing"])
     t0 = time.perf_counter()
     for g in range(0, len(rows), group):
-        batch = rows[g : g + group]
-        for idx in least_cost_chunks([len(r) for r in batch], args.batch_size):
-            emb.encode_ids([batch[i] for i in idx], batch_size=len(idx))
+        replayer.embed_batch(rows[g : g + group])
     replay_tps = len(rows) / (time.perf_counter() - t0)
 
     lat = np.array(latencies) * 1000
@@ -213,6 +215,13 @@ def main() -> int:
     except (OSError, StopIteration):
         pass
     timeout_arg = f" --batch-timeout-ms {args.batch_timeout_ms:g}" if args.batch_timeout_ms is not None else ""
+    timeout_arg += f" --packing {args.packing}" if args.packing != "auto" else ""
+    pass_kind = "packed" if health["packing"] else "padded"
+    how = ("packs the texts of each batch end to end into one sequence, with an attention mask that keeps them "
+           "apart (no padding; `Embedder.encode_packed`, passes cut by `batching.least_cost_packs`)"
+           if health["packing"] else
+           "cuts each batch into the padded passes of least estimated cost (padded tokens plus a per-pass "
+           "cost; `batching.least_cost_chunks`)")
     verdict = "**met**" if ratio <= 1.5 and errors == 0 else "**not met**"
     section = f"""## Serving
 
@@ -229,7 +238,7 @@ Target: server throughput within 1.5x of `Embedder.encode`, 0 errors — {verdic
 | {np.percentile(lat, 99):.0f} | {errors} |
 | `Embedder.encode`, batch {args.batch_size} (mean of before {encode_before:.1f} and after \
 {encode_after:.1f}) | {encode_tps:.1f} | | | |
-| the server's batches replayed in-process, {group} texts each, no HTTP | {replay_tps:.1f} | | | |
+| the server's batches replayed in-process, {group} texts each, {pass_kind}, no HTTP | {replay_tps:.1f} | | | |
 
 `Embedder.encode` is {ratio:.2f}x the server's throughput: {encode_tps / replay_tps:.2f}x from batching
 (the texts that arrive together, {group} at a time, against the whole set sorted by length) times \
@@ -238,8 +247,8 @@ The server ran {health['batches']:,} batches
 ({health['embedded'] / max(health['batches'], 1):.1f} texts on average, largest {health['max_requests_per_batch']} \
 requests) and spent {health['forward_seconds']:.0f} s of its \
 {server_s:.0f} s embedding them. `encode` sorts all texts by length before
-batching; the server can only sort the texts that arrive together, so it cuts each batch into the passes
-of least estimated cost (padded tokens plus a per-pass cost; `batching.least_cost_chunks`).
+batching, so its batches carry almost no padding; the server holds only the texts that arrive together, so
+it {how}.
 Machine: {cpu}, {os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.1f} at the end), torch
 {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.
 Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \

@@ -178,3 +178,48 @@ def test_autocast_rejects_bad_values(tiny_llama):
     emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", autocast="fp16")
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         emb.encode(["a dog"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("pooling", ["last", "mean", "weighted_mean"])
+def test_packed_pass_gives_the_padded_embeddings(tiny_models, family, pooling):
+    emb = Embedder.from_pretrained(str(tiny_models[family]), device="cpu", pooling=pooling)
+    assert emb.supports_packing  # every family here builds its mask with transformers' packing-aware helper
+    rows = emb.text_tokenizer.ids(TEXTS + ["x"])  # a one-token text (EOS after one word) packs too
+    packed = emb.encode_packed(rows, normalize=False)
+    np.testing.assert_allclose(packed, emb.encode_ids(rows, normalize=False), atol=1e-5)
+    # rows really were packed: one row alone gives the same vector as inside the pack
+    np.testing.assert_allclose(emb.encode_packed(rows[2:3], normalize=False), packed[2:3], atol=1e-5)
+
+
+def test_packing_probe_rejects_a_model_that_leaks_across_rows(tiny_llama):
+    from embedtune.batching import MicroBatcher
+
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
+
+    class DropsPositions(torch.nn.Module):  # custom code that builds a plain causal mask over the pack
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+            if attention_mask is None:  # packed call: without the restarts the rows see each other
+                position_ids = None
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache)
+
+    emb.backbone = DropsPositions(emb.backbone)
+    assert not emb.supports_packing
+    with pytest.raises(ValueError, match="packing was asked for"):
+        MicroBatcher(emb, packing=True)
+    assert MicroBatcher(emb).packing is False  # auto: falls back to padded passes
+
+
+def test_attention_tokens_follows_the_model_width(tiny_llama, default_embedder):
+    small = Embedder.from_pretrained(str(tiny_llama), device="cpu").attention_tokens
+    # SmolLM2-135M: 106M non-embedding parameters over 30 layers, 9 heads x 64 -> about 3,073
+    assert 2900 < default_embedder.attention_tokens < 3300
+    assert small < default_embedder.attention_tokens

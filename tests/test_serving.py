@@ -178,6 +178,39 @@ def test_least_cost_chunks_cover_every_row_once_at_least_cost():
     assert least_cost_chunks([], 8) == []
 
 
+def test_least_cost_packs_cover_every_row_once_and_weigh_attention():
+    import random
+
+    from embedtune.batching import least_cost_packs
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(100)]
+    packs = least_cost_packs(lengths, 32, attention_tokens=3000)
+    assert sorted(i for p in packs for i in p) == list(range(100))
+    assert all(1 <= len(p) <= 32 for p in packs)
+    # short texts (a server's usual batch): one pass, as wide as the size limit allows
+    assert [len(p) for p in least_cost_packs([12] * 32, 32, attention_tokens=3000)] == [32]
+    # long texts: attention over each other costs more than a pass, so each gets its own
+    assert [len(p) for p in least_cost_packs([500] * 4, 32, attention_tokens=3000)] == [1, 1, 1, 1]
+    # cheap attention (a wide model) packs them again
+    assert [len(p) for p in least_cost_packs([500] * 4, 32, attention_tokens=10**6)] == [4]
+    assert least_cost_packs([], 8, attention_tokens=3000) == []
+    with pytest.raises(ValueError):
+        least_cost_packs([3], 8, attention_tokens=0)
+
+
+def test_server_packs_batches_and_can_be_told_not_to(embedder, server):
+    url, app = server
+    assert app.state.batcher.packing and httpx.get(f"{url}/health").json()["packing"] is True
+    plain = create_app(embedder, model_name="tiny", packing=False)
+    assert plain.state.batcher.packing is False
+    with running_server(plain) as plain_url:
+        assert httpx.get(f"{plain_url}/health").json()["packing"] is False
+        r = httpx.post(f"{plain_url}/v1/embeddings", json={"input": TEXTS})
+    got = np.array([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(got, embedder.encode(TEXTS), atol=1e-5)
+
+
 def test_autocast_serving_matches_autocast_encode(tiny_llama):
     from embedtune.serving import load_model
 

@@ -3,9 +3,14 @@
 One worker thread owns the model. Request handlers tokenize their texts (on the one tokenization path,
 :class:`~embedtune.data.collate.TextTokenizer`) and queue the id rows; the worker takes the first waiting
 request, keeps collecting until ``max_batch_size`` rows or ``batch_timeout_ms`` have passed, embeds all
-rows with :meth:`Embedder.encode_ids <embedtune.models.embedder.Embedder.encode_ids>` and resolves each
-request's future with its slice. While a forward pass runs, new requests queue up, so under load batches
-fill without waiting; the timeout only matters when traffic is light.
+rows and resolves each request's future with its slice. While a forward pass runs, new requests queue up,
+so under load batches fill without waiting; the timeout only matters when traffic is light.
+
+A batch holds whatever arrived together, texts of any lengths. Padded to its longest row it wastes compute
+on padding; so, when the model allows it, the rows are packed end to end into one sequence whose attention
+mask keeps them apart (:meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`,
+cut by :func:`least_cost_packs`), and otherwise cut into padded passes of similar lengths
+(:func:`least_cost_chunks`, :meth:`Embedder.encode_ids <embedtune.models.embedder.Embedder.encode_ids>`).
 """
 
 from __future__ import annotations
@@ -61,6 +66,46 @@ def least_cost_chunks(lengths: Sequence[int], max_size: int, pass_cost: float = 
     return chunks[::-1]
 
 
+def least_cost_packs(
+    lengths: Sequence[int], max_size: int, attention_tokens: float, pass_cost: float = PASS_COST_TOKENS
+) -> list[list[int]]:
+    """Split rows into packed forward passes (each pass one sequence of whole rows; see
+    :meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`) at the least
+    estimated cost.
+
+    A packed pass has no padding, but attention runs over the whole packed sequence (the mask keeps rows
+    apart; the masked scores are still computed), so its cost is modelled as
+    ``pass_cost + T + T**2 / attention_tokens`` for ``T`` tokens: ``attention_tokens`` is the sequence
+    length at which a token's attention costs as much as its linear layers
+    (:attr:`Embedder.attention_tokens`, about 3,000 for SmolLM2-135M). Short texts (a server's usual
+    traffic) then go into one pass; long ones get passes of their own rather than quadratic attention over
+    each other. Rows sorted longest first are cut where the total is least, as in :func:`least_cost_chunks`.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    if attention_tokens <= 0:
+        raise ValueError(f"attention_tokens must be positive, got {attention_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    prefix = [0]
+    for i in order:
+        prefix.append(prefix[-1] + lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_size), j):
+            tokens = prefix[j] - prefix[i]
+            cost = best[i] + pass_cost + tokens + tokens * tokens / attention_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    packs: list[list[int]] = []
+    j = n
+    while j > 0:
+        packs.append(order[cut[j] : j])
+        j = cut[j]
+    return packs[::-1]
+
+
 @dataclass
 class BatchStats:
     """What the worker has done (read by ``/health`` and the tests)."""
@@ -87,13 +132,26 @@ class MicroBatcher:
         max_batch_size: rows per forward pass (a request larger than this is still embedded whole,
             in several passes).
         batch_timeout_ms: how long the worker waits for more requests after the first one arrives.
+        packing: embed each batch as packed sequences (:func:`least_cost_packs`, no padding) instead of
+            padded passes (:func:`least_cost_chunks`). None (default) packs when
+            :attr:`Embedder.supports_packing` says the model gives the same vectors packed; True requires
+            it (ValueError if not); False never packs.
     """
 
-    def __init__(self, embedder: Embedder, max_batch_size: int = 32, batch_timeout_ms: float = 2.0) -> None:
+    def __init__(
+        self, embedder: Embedder, max_batch_size: int = 32, batch_timeout_ms: float = 2.0, packing: bool | None = None
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
+        supported = embedder.supports_packing if packing is not False else False
+        if packing and not supported:
+            raise ValueError(
+                "packing was asked for, but this model does not give the same embeddings for packed sequences "
+                "(its attention ignores position_ids-based packing); serve without packing"
+            )
+        self.packing = supported
         self.embedder = embedder
         self.max_batch_size = max_batch_size
         self.batch_timeout = batch_timeout_ms / 1000.0
@@ -158,13 +216,25 @@ class MicroBatcher:
             if jobs:
                 self._embed(jobs)
 
+    def embed_batch(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed one batch of id rows as the worker does (packed or padded passes): float32 (N, D) in order.
+        Called only by the worker thread, or by code that owns the model while the worker is not running
+        (``benchmarks/serve_load.py`` replays the server's batches with it)."""
+        vectors = np.zeros((len(rows), self.embedder.dim), dtype=np.float32)  # (N, D)
+        lengths = [len(r) for r in rows]
+        if self.packing:
+            for idx in least_cost_packs(lengths, self.max_batch_size, self.embedder.attention_tokens):
+                vectors[idx] = self.embedder.encode_packed([rows[i] for i in idx])
+        else:
+            for idx in least_cost_chunks(lengths, self.max_batch_size):
+                vectors[idx] = self.embedder.encode_ids([rows[i] for i in idx], batch_size=len(idx))
+        return vectors
+
     def _embed(self, jobs: list[_Job]) -> None:
         rows = [r for j in jobs for r in j.rows]
         start = time.perf_counter()
         try:
-            vectors = np.zeros((len(rows), self.embedder.dim), dtype=np.float32)  # (N, D)
-            for idx in least_cost_chunks([len(r) for r in rows], self.max_batch_size):
-                vectors[idx] = self.embedder.encode_ids([rows[i] for i in idx], batch_size=len(idx))
+            vectors = self.embed_batch(rows)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
             log.exception("embedding a batch of %d rows failed", len(rows))
             for j in jobs:

@@ -154,6 +154,7 @@ def create_app(
     max_batch_size: int = 32,
     batch_timeout_ms: float = 2.0,
     truncate: bool = False,
+    packing: bool | None = None,
 ) -> Any:
     """Build the FastAPI app (the micro-batching worker runs while the app runs: lifespan start/stop).
 
@@ -167,6 +168,8 @@ def create_app(
         max_batch_size: rows per forward pass.
         batch_timeout_ms: how long the worker waits to fill a batch after the first request.
         truncate: truncate over-long inputs for every request instead of answering 422.
+        packing: pack each batch's texts into one sequence instead of padding them (None: when the model
+            supports it; see :class:`~embedtune.batching.MicroBatcher`).
 
     Returns:
         A ``fastapi.FastAPI``; ``app.state.batcher`` is its :class:`~embedtune.batching.MicroBatcher`.
@@ -177,7 +180,8 @@ def create_app(
     max_tokens = max_tokens_per_input or embedder.max_length
     if max_tokens < 2:
         raise ValueError(f"max_tokens_per_input must be at least 2 (text + EOS), got {max_tokens}")
-    batcher = MicroBatcher(embedder, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    batcher = MicroBatcher(embedder, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
+                           packing=packing)
     created = int(time.time())
     expected_auth = f"Bearer {api_key}".encode() if api_key else None
 
@@ -224,7 +228,7 @@ def create_app(
             "status": "ok", "model": model_name, "dimensions": embedder.dim, "queued": batcher.pending,
             "batches": s.batches, "embedded": s.rows, "max_requests_per_batch": s.max_requests_per_batch,
             "forward_seconds": round(s.forward_seconds, 3), "batch_timeout_ms": batcher.batch_timeout * 1000,
-            "autocast": getattr(embedder, "autocast", None)})
+            "autocast": getattr(embedder, "autocast", None), "packing": batcher.packing})
 
     async def models(request):
         check_key(request)

@@ -225,6 +225,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--truncate", action="store_true", help="truncate over-long inputs instead of answering 422")
     p.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="wait to fill a batch when traffic is light")
+    p.add_argument("--packing", default="auto", choices=("auto", "on", "off"),
+                   help="embed each batch as one packed sequence instead of padded passes (auto: when the model "
+                        "gives the same vectors packed; on: require it)")
     p.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
     p.add_argument("--autocast", default=None, choices=AUTOCAST_CHOICES, help=AUTOCAST_HELP)
@@ -241,7 +244,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         embedder, name = load_model(args.model, device=args.device, dtype=args.dtype, autocast=args.autocast)
         app = create_app(embedder, model_name=args.model_name or name, api_key=api_key, max_inputs=args.max_inputs,
                          max_tokens_per_input=args.max_tokens_per_input, max_batch_size=args.max_batch_size,
-                         batch_timeout_ms=args.batch_timeout_ms, truncate=args.truncate)
+                         batch_timeout_ms=args.batch_timeout_ms, truncate=args.truncate,
+                         packing={"auto": None, "on": True, "off": False}[args.packing])
         print(f"serving {args.model_name or name} on http://{args.host}:{args.port}/v1/embeddings", file=sys.stderr)
         serve(app, host=args.host, port=args.port, log_level=args.log_level)
     except ImportError as exc:

@@ -7,6 +7,7 @@ maps texts to a float32 numpy array (inference). Both share :class:`~embedtune.d
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,6 +21,8 @@ from ..config import DEFAULT_MODEL, ModelConfig, resolve_prompt
 from ..data.collate import TextTokenizer, batches_by_length, position_ids
 from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_dtype, resolve_source
 from .pooling import get_pooler
+
+log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,6 +82,7 @@ class Embedder(nn.Module):
         self._pool = get_pooler(pooling)
         self.normalize = normalize
         self.source = source
+        self._packing: bool | None = None  # supports_packing, probed on first use
         self.text_tokenizer = TextTokenizer.from_tokenizer(
             tokenizer,
             getattr(backbone, "config", None),
@@ -180,6 +184,77 @@ class Embedder(nn.Module):
         )
         return self._pool(out.last_hidden_state, attention_mask)  # (B, D)
 
+    def forward_packed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Id rows -> pooled (N, D) embeddings, not normalized, in one pass over a single packed sequence.
+
+        The rows are laid end to end as one (1, T) sequence with positions restarting at 0 for each row;
+        given position ids and no attention mask, transformers' mask builder (4.56+) reads the restarts as
+        packed sequences and gives each row a causal mask of its own, so no token sees another row and no
+        compute goes to padding. Each row's hidden states are then laid out as a padded batch for the
+        pooler. Whether a model honours this is checked by :attr:`supports_packing`.
+        """
+        device = self.device
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)  # (N,)
+        if len(rows) == 0 or int(lengths.min()) < 1:
+            raise ValueError("forward_packed needs at least one row and no empty row")
+        segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)  # (T,) row of each token
+        starts = torch.cumsum(lengths, 0) - lengths  # (N,)
+        positions = torch.arange(int(lengths.sum())) - starts[segment]  # (T,) restart at 0 per row
+        ids = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device)  # (T,)
+        hidden = self.backbone(
+            input_ids=ids.unsqueeze(0), position_ids=positions.unsqueeze(0).to(device), use_cache=False
+        ).last_hidden_state[0]  # (T, D)
+        width = int(lengths.max())
+        padded = hidden.new_zeros(len(rows), width, hidden.shape[-1])  # (N, W, D)
+        padded[segment.to(device), positions.to(device)] = hidden
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # (N, W)
+        mask[segment.to(device), positions.to(device)] = 1
+        return self._pool(padded, mask)  # (N, D)
+
+    @property
+    def supports_packing(self) -> bool:
+        """Whether :meth:`forward_packed` gives this model's padded-batch embeddings (checked once on two
+        texts of different lengths: cosine >= 0.999 each). Models whose attention ignores packing (custom
+        code that builds a plain causal mask) leak one row into the next and fail the check."""
+        if self._packing is None:
+            self._packing = self._probe_packing()
+        return self._packing
+
+    def _probe_packing(self) -> bool:
+        rows = self.text_tokenizer.ids(["A man is playing a guitar on the stage tonight.", "Two dogs run."])
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                batch = self.text_tokenizer.pad(rows)
+                padded = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).float()
+                packed = self.forward_packed(rows).float()
+            cosine = torch.nn.functional.cosine_similarity(padded, packed, dim=-1)  # (2,)
+            ok = bool((cosine >= 0.999).all())
+            if not ok:
+                log.info("packed sequences change this model's embeddings (cosines %s); not packing",
+                         [round(c, 4) for c in cosine.tolist()])
+            return ok
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not pack
+            log.info("packed sequences do not work with this model (%s); not packing", exc)
+            return False
+        finally:
+            self.train(was_training)
+
+    @property
+    def attention_tokens(self) -> float:
+        """Sequence length at which a token's attention costs as many FLOPs as its linear layers: the
+        quadratic term of :func:`~embedtune.batching.least_cost_packs`' cost model. Computed from the
+        backbone's parameter count and attention width; about 3,000 for SmolLM2-135M."""
+        config = self.backbone.config
+        layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+        heads = int(getattr(config, "num_attention_heads", 1) or 1)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        embeddings = self.backbone.get_input_embeddings()
+        body = sum(p.numel() for p in self.backbone.parameters()) - (embeddings.weight.numel() if embeddings else 0)
+        # Per token and layer: linear 2 x params FLOPs; attention 2 x 2 x heads x head_dim per key.
+        return max(2.0 * body / layers / (4.0 * heads * head_dim), 1.0)
+
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         return self.text_tokenizer(texts, max_length)
 
@@ -238,6 +313,24 @@ class Embedder(nn.Module):
         finally:
             self.train(was_training)
         return out
+
+    def encode_packed(self, rows: Sequence[Sequence[int]], normalize: bool | None = None) -> np.ndarray:
+        """Embed id rows (as made by ``self.text_tokenizer.ids``) in one packed pass (:meth:`forward_packed`).
+        Returns float32 (N, D) in input order. For groups of texts that arrived together (a server batch);
+        a corpus is faster through :meth:`encode_ids`, whose length-sorted batches carry no padding either."""
+        normalize = self.normalize if normalize is None else normalize
+        if not rows:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(), self._autocast_context(self.device):
+                emb = self.forward_packed(rows).float()  # (N, D)
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                return emb.cpu().numpy()
+        finally:
+            self.train(was_training)
 
     # ---- persistence ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
