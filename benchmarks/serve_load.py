@@ -217,11 +217,16 @@ def main() -> int:
     timeout_arg = f" --batch-timeout-ms {args.batch_timeout_ms:g}" if args.batch_timeout_ms is not None else ""
     timeout_arg += f" --packing {args.packing}" if args.packing != "auto" else ""
     pass_kind = "packed" if health["packing"] else "padded"
-    how = ("packs the texts of each batch end to end into one sequence, with an attention mask that keeps them "
+    how = ("packs the texts of each batch end to end into one sequence, with an attention mask that keeps them\n"
            "apart (no padding; `Embedder.encode_packed`, passes cut by `batching.least_cost_packs`)"
            if health["packing"] else
            "cuts each batch into the padded passes of least estimated cost (padded tokens plus a per-pass "
            "cost; `batching.least_cost_chunks`)")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
     verdict = "**met**" if ratio <= 1.5 and errors == 0 else "**not met**"
     section = f"""## Serving
 
@@ -241,15 +246,15 @@ Target: server throughput within 1.5x of `Embedder.encode`, 0 errors — {verdic
 | the server's batches replayed in-process, {group} texts each, {pass_kind}, no HTTP | {replay_tps:.1f} | | | |
 
 `Embedder.encode` is {ratio:.2f}x the server's throughput: {encode_tps / replay_tps:.2f}x from batching
-(the texts that arrive together, {group} at a time, against the whole set sorted by length) times \
+(the texts that arrive together, {group} at a time, against the whole set sorted by length) times
 {replay_tps / server_tps:.2f}x from serving them over HTTP on the same two cores as the clients.
 The server ran {health['batches']:,} batches
 ({health['embedded'] / max(health['batches'], 1):.1f} texts on average, largest {health['max_requests_per_batch']} \
-requests) and spent {health['forward_seconds']:.0f} s of its \
-{server_s:.0f} s embedding them. `encode` sorts all texts by length before
-batching, so its batches carry almost no padding; the server holds only the texts that arrive together, so
-it {how}.
-Machine: {cpu}, {os.cpu_count()} CPU cores (1-min load average {os.getloadavg()[0]:.1f} at the end), torch
+requests) and spent {health['forward_seconds']:.0f} s of its {server_s:.0f} s embedding them.
+`encode` sorts all texts by length before batching, so its batches carry almost no padding; the server
+holds only the texts that arrive together, so it {how}.
+Run {time.strftime("%Y-%m-%d")} at commit {commit}. Machine: {cpu}, {os.cpu_count()} CPU cores
+(1-min load average {os.getloadavg()[0]:.1f} at the end), torch
 {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.
 Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
 --concurrency {args.concurrency}{timeout_arg}`
