@@ -116,6 +116,10 @@ def test_save_load_adapter_roundtrip(tiny_llama, tmp_path):
     np.testing.assert_allclose(again.encode(TEXTS), before, atol=1e-6)
     base = Embedder.from_pretrained(str(tiny_llama), device="cpu").encode(TEXTS)
     assert np.abs(base - before).max() > 1e-3
+    # a LoRA run packs like its base (the server packs fine-tuned models too)
+    assert again.supports_packing
+    rows = again.text_tokenizer.ids(TEXTS)
+    np.testing.assert_allclose(again.encode_packed(rows), before, atol=1e-5)
 
 
 def test_load_rejects_foreign_folder(tmp_path):
