@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -34,36 +34,48 @@ log = logging.getLogger(__name__)
 PASS_COST_TOKENS = 48
 
 
+def _least_cost_cuts(
+    lengths: Sequence[int], max_size: int, pass_cost: Callable[[int, int, int], float]
+) -> list[list[int]]:
+    """Rows sorted longest first, cut into runs of at most ``max_size`` where the summed
+    ``pass_cost(rows, longest, tokens)`` of the runs is least (dynamic programming over cut points,
+    O(n x max_size)). Returns index lists into ``lengths``."""
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    width = [lengths[i] for i in order]  # non-increasing: a run [i, j) is as wide as its first row
+    prefix = [0]
+    for w in width:
+        prefix.append(prefix[-1] + w)
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_size), j):
+            cost = best[i] + pass_cost(j - i, width[i], prefix[j] - prefix[i])
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs: list[list[int]] = []
+    j = n
+    while j > 0:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    return runs[::-1]
+
+
 def least_cost_chunks(lengths: Sequence[int], max_size: int, pass_cost: float = PASS_COST_TOKENS) -> list[list[int]]:
-    """Split rows into forward passes of at most ``max_size`` rows at the least estimated cost.
+    """Split rows into padded forward passes of at most ``max_size`` rows at the least estimated cost.
 
     ``Embedder.encode`` sorts a whole corpus by length, so its batches carry almost no padding; a server
     batch holds whatever arrived together, and one pass over all of it pads every short text to the
     longest (on STSBenchmark sentences that halved the throughput). Many small passes waste less on padding
     but pay a fixed cost per pass. The cost of a pass is modelled as ``pass_cost + rows x longest row``
     (padded tokens plus a per-pass cost in tokens), and the rows, sorted longest first, are cut where the
-    total is least (dynamic programming over cut points, O(n x max_size)). On the 2-core CPU a pass cost
-    of 48 tokens gave the best throughput for batches of 32 random STSBenchmark sentences (of 16, 48, 96,
-    192), 1.2x the split where padding exceeds 25% of real tokens.
+    total is least. On the 2-core CPU a pass cost of 48 tokens gave the best throughput for batches of 32
+    random STSBenchmark sentences (of 16, 48, 96, 192), 1.2x the split where padding exceeds 25% of real
+    tokens. The server's fallback when a model cannot pack (:func:`least_cost_packs`).
     """
-    if max_size < 1:
-        raise ValueError(f"max_size must be at least 1, got {max_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    width = [lengths[i] for i in order]  # non-increasing: a chunk [i, j) is as wide as its first row
-    n = len(order)
-    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j rows
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - max_size), j):
-            cost = best[i] + pass_cost + (j - i) * width[i]
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    chunks: list[list[int]] = []
-    j = n
-    while j > 0:
-        chunks.append(order[cut[j] : j])
-        j = cut[j]
-    return chunks[::-1]
+    return _least_cost_cuts(lengths, max_size, lambda rows, longest, tokens: pass_cost + rows * longest)
 
 
 def least_cost_packs(
@@ -81,29 +93,11 @@ def least_cost_packs(
     traffic) then go into one pass; long ones get passes of their own rather than quadratic attention over
     each other. Rows sorted longest first are cut where the total is least, as in :func:`least_cost_chunks`.
     """
-    if max_size < 1:
-        raise ValueError(f"max_size must be at least 1, got {max_size}")
     if attention_tokens <= 0:
         raise ValueError(f"attention_tokens must be positive, got {attention_tokens}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    prefix = [0]
-    for i in order:
-        prefix.append(prefix[-1] + lengths[i])
-    n = len(order)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(max(0, j - max_size), j):
-            tokens = prefix[j] - prefix[i]
-            cost = best[i] + pass_cost + tokens + tokens * tokens / attention_tokens
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    packs: list[list[int]] = []
-    j = n
-    while j > 0:
-        packs.append(order[cut[j] : j])
-        j = cut[j]
-    return packs[::-1]
+    return _least_cost_cuts(
+        lengths, max_size, lambda rows, longest, tokens: pass_cost + tokens + tokens * tokens / attention_tokens
+    )
 
 
 @dataclass
