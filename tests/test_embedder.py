@@ -186,40 +186,59 @@ def test_autocast_rejects_bad_values(tiny_llama):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("pooling", ["last", "mean", "weighted_mean"])
-def test_packed_pass_gives_the_padded_embeddings(tiny_models, family, pooling):
-    emb = Embedder.from_pretrained(str(tiny_models[family]), device="cpu", pooling=pooling)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_packed_pass_gives_the_padded_embeddings(tiny_models, family, pooling, attn):
+    from embedtune.models.loading import load_backbone, resolve_source
+
+    backbone = load_backbone(resolve_source(str(tiny_models[family])), dtype="float32", device="cpu",
+                             attn_implementation=attn)
+    emb = Embedder(backbone, make_tokenizer(), pooling=pooling)
     assert emb.supports_packing  # every family here builds its mask with transformers' packing-aware helper
-    rows = emb.text_tokenizer.ids(TEXTS + ["x"])  # a one-token text (EOS after one word) packs too
+    eos = emb.text_tokenizer.eos_id
+    rows = emb.text_tokenizer.ids(TEXTS) + [[eos]]  # a one-token row (EOS alone) packs too
     packed = emb.encode_packed(rows, normalize=False)
     np.testing.assert_allclose(packed, emb.encode_ids(rows, normalize=False), atol=1e-5)
-    # rows really were packed: one row alone gives the same vector as inside the pack
-    np.testing.assert_allclose(emb.encode_packed(rows[2:3], normalize=False), packed[2:3], atol=1e-5)
+    # a pack of one-token rows only: every position is 0
+    singles = [[eos], [rows[0][0]], [eos]]
+    np.testing.assert_allclose(emb.encode_packed(singles, normalize=False),
+                               emb.encode_ids(singles, normalize=False), atol=1e-5)
 
 
-def test_packing_probe_rejects_a_model_that_leaks_across_rows(tiny_llama):
+class _Leaky(torch.nn.Module):
+    """A backbone wrapper standing in for custom model code that mishandles packed sequences."""
+
+    def __init__(self, inner, how):
+        super().__init__()
+        self.inner, self.config, self.how = inner, inner.config, how
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        if attention_mask is None:  # the packed call
+            if self.how == "no-positions":  # builds a plain causal mask: rows see each other
+                position_ids = None
+            else:  # keeps the restarts but passes an all-ones mask, which turns packing detection off
+                attention_mask = torch.ones_like(input_ids)
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
+@pytest.mark.parametrize("how", ["no-positions", "ones-mask"])
+def test_packing_probe_rejects_a_model_that_leaks_across_rows(tiny_llama, how):
     from embedtune.batching import MicroBatcher
 
     emb = Embedder.from_pretrained(str(tiny_llama), device="cpu")
-
-    class DropsPositions(torch.nn.Module):  # custom code that builds a plain causal mask over the pack
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def get_input_embeddings(self):
-            return self.inner.get_input_embeddings()
-
-        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
-            if attention_mask is None:  # packed call: without the restarts the rows see each other
-                position_ids = None
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=use_cache)
-
-    emb.backbone = DropsPositions(emb.backbone)
+    emb.backbone = _Leaky(emb.backbone, how)
     assert not emb.supports_packing
     with pytest.raises(ValueError, match="packing was asked for"):
         MicroBatcher(emb, packing=True)
-    assert MicroBatcher(emb).packing is False  # auto: falls back to padded passes
+    with pytest.raises(ValueError, match="packed sequences"):
+        emb.encode_packed(emb.text_tokenizer.ids(TEXTS))
+    batcher = MicroBatcher(emb)  # auto: falls back to padded passes, same vectors as encode
+    assert batcher.packing is False
+    rows = emb.text_tokenizer.ids(TEXTS)
+    np.testing.assert_allclose(batcher.embed_batch(rows), emb.encode_ids(rows), atol=1e-6)
 
 
 def test_attention_tokens_follows_the_model_width(tiny_llama, default_embedder):

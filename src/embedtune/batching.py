@@ -36,10 +36,11 @@ PASS_COST_TOKENS = 48
 
 def _least_cost_cuts(
     lengths: Sequence[int], max_size: int, pass_cost: Callable[[int, int, int], float]
-) -> list[list[int]]:
+) -> tuple[float, list[list[int]]]:
     """Rows sorted longest first, cut into runs of at most ``max_size`` where the summed
     ``pass_cost(rows, longest, tokens)`` of the runs is least (dynamic programming over cut points,
-    O(n x max_size)). Returns index lists into ``lengths``."""
+    O(n x max_size)). Only runs of the length-sorted order are considered, which is exact for padded
+    passes and a close heuristic for packed ones. Returns the estimated cost and index lists into ``lengths``."""
     if max_size < 1:
         raise ValueError(f"max_size must be at least 1, got {max_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -60,22 +61,35 @@ def _least_cost_cuts(
     while j > 0:
         runs.append(order[cut[j] : j])
         j = cut[j]
-    return runs[::-1]
+    return best[n], runs[::-1]
 
 
-def least_cost_chunks(lengths: Sequence[int], max_size: int, pass_cost: float = PASS_COST_TOKENS) -> list[list[int]]:
+def _padded_cost(pass_cost: float, attention_tokens: float | None) -> Callable[[int, int, int], float]:
+    quad = 0.0 if attention_tokens is None else 1.0 / attention_tokens
+    return lambda rows, longest, tokens: pass_cost + rows * longest + rows * longest * longest * quad
+
+
+def _packed_cost(pass_cost: float, attention_tokens: float) -> Callable[[int, int, int], float]:
+    if attention_tokens <= 0:
+        raise ValueError(f"attention_tokens must be positive, got {attention_tokens}")
+    return lambda rows, longest, tokens: pass_cost + tokens + tokens * tokens / attention_tokens
+
+
+def least_cost_chunks(
+    lengths: Sequence[int], max_size: int, pass_cost: float = PASS_COST_TOKENS, attention_tokens: float | None = None
+) -> list[list[int]]:
     """Split rows into padded forward passes of at most ``max_size`` rows at the least estimated cost.
 
     ``Embedder.encode`` sorts a whole corpus by length, so its batches carry almost no padding; a server
     batch holds whatever arrived together, and one pass over all of it pads every short text to the
     longest (on STSBenchmark sentences that halved the throughput). Many small passes waste less on padding
     but pay a fixed cost per pass. The cost of a pass is modelled as ``pass_cost + rows x longest row``
-    (padded tokens plus a per-pass cost in tokens), and the rows, sorted longest first, are cut where the
-    total is least. On the 2-core CPU a pass cost of 48 tokens gave the best throughput for batches of 32
-    random STSBenchmark sentences (of 16, 48, 96, 192), 1.2x the split where padding exceeds 25% of real
-    tokens. The server's fallback when a model cannot pack (:func:`least_cost_packs`).
+    (padded tokens plus a per-pass cost in tokens; with ``attention_tokens``, plus each row's attention,
+    ``rows x longest**2 / attention_tokens``), and the rows, sorted longest first, are cut where the total
+    is least. On the 2-core CPU a pass cost of 48 tokens gave the best throughput for batches of 32 random
+    STSBenchmark sentences (of 16, 48, 96, 192), 1.2x the split where padding exceeds 25% of real tokens.
     """
-    return _least_cost_cuts(lengths, max_size, lambda rows, longest, tokens: pass_cost + rows * longest)
+    return _least_cost_cuts(lengths, max_size, _padded_cost(pass_cost, attention_tokens))[1]
 
 
 def least_cost_packs(
@@ -85,19 +99,28 @@ def least_cost_packs(
     :meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`) at the least
     estimated cost.
 
-    A packed pass has no padding, but attention runs over the whole packed sequence (the mask keeps rows
-    apart; the masked scores are still computed), so its cost is modelled as
+    A packed pass has no padding, but with eager or SDPA attention the scores run over the whole packed
+    sequence (the mask keeps rows apart; the masked scores are still computed), so its cost is modelled as
     ``pass_cost + T + T**2 / attention_tokens`` for ``T`` tokens: ``attention_tokens`` is the sequence
     length at which a token's attention costs as much as its linear layers
     (:attr:`Embedder.attention_tokens`, about 3,000 for SmolLM2-135M). Short texts (a server's usual
     traffic) then go into one pass; long ones get passes of their own rather than quadratic attention over
     each other. Rows sorted longest first are cut where the total is least, as in :func:`least_cost_chunks`.
     """
-    if attention_tokens <= 0:
-        raise ValueError(f"attention_tokens must be positive, got {attention_tokens}")
-    return _least_cost_cuts(
-        lengths, max_size, lambda rows, longest, tokens: pass_cost + tokens + tokens * tokens / attention_tokens
-    )
+    return _least_cost_cuts(lengths, max_size, _packed_cost(pass_cost, attention_tokens))[1]
+
+
+def plan_passes(
+    lengths: Sequence[int], max_size: int, attention_tokens: float, packing: bool, pass_cost: float = PASS_COST_TOKENS
+) -> tuple[bool, list[list[int]]]:
+    """The cheaper of packed (when ``packing``) and padded passes for one batch under the same cost model
+    (attention included in both): ``(packed, runs)``. Short texts of mixed lengths pack; long texts of
+    similar lengths are cheaper padded, where each row's attention covers only itself."""
+    padded_cost, padded_runs = _least_cost_cuts(lengths, max_size, _padded_cost(pass_cost, attention_tokens))
+    if not packing:
+        return False, padded_runs
+    packed_cost, packed_runs = _least_cost_cuts(lengths, max_size, _packed_cost(pass_cost, attention_tokens))
+    return (True, packed_runs) if packed_cost <= padded_cost else (False, padded_runs)
 
 
 @dataclass
@@ -108,6 +131,7 @@ class BatchStats:
     rows: int = 0
     requests: int = 0
     max_requests_per_batch: int = 0
+    packed_batches: int = 0
     forward_seconds: float = 0.0
     recent: deque = field(default_factory=lambda: deque(maxlen=256))  # rows per request, one tuple per batch
 
@@ -211,17 +235,27 @@ class MicroBatcher:
                 self._embed(jobs)
 
     def embed_batch(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed one batch of id rows as the worker does (packed or padded passes): float32 (N, D) in order.
-        Called only by the worker thread, or by code that owns the model while the worker is not running
-        (``benchmarks/serve_load.py`` replays the server's batches with it)."""
+        """Embed one batch of id rows as the worker does: float32 (N, D) in order. The passes are packed or
+        padded, whichever :func:`plan_passes` estimates cheaper; a packed pass that fails (out of memory on
+        a long pack, say) is logged and the batch is embedded padded instead. Called only by the worker
+        thread, or by code that owns the model while the worker is not running (``benchmarks/serve_load.py``
+        replays the server's batches with it)."""
         vectors = np.zeros((len(rows), self.embedder.dim), dtype=np.float32)  # (N, D)
         lengths = [len(r) for r in rows]
-        if self.packing:
-            for idx in least_cost_packs(lengths, self.max_batch_size, self.embedder.attention_tokens):
-                vectors[idx] = self.embedder.encode_packed([rows[i] for i in idx])
-        else:
-            for idx in least_cost_chunks(lengths, self.max_batch_size):
-                vectors[idx] = self.embedder.encode_ids([rows[i] for i in idx], batch_size=len(idx))
+        attention = self.embedder.attention_tokens
+        packed, runs = plan_passes(lengths, self.max_batch_size, attention, self.packing)
+        if packed:
+            try:
+                for idx in runs:
+                    vectors[idx] = self.embedder.encode_packed([rows[i] for i in idx])
+                self.stats.packed_batches += 1
+                return vectors
+            except Exception:  # noqa: BLE001 - the padded passes below are the fallback
+                log.warning("a packed pass over %d rows failed; embedding the batch as padded passes", len(rows),
+                            exc_info=True)
+                runs = least_cost_chunks(lengths, self.max_batch_size, attention_tokens=attention)
+        for idx in runs:
+            vectors[idx] = self.embedder.encode_ids([rows[i] for i in idx], batch_size=len(idx))
         return vectors
 
     def _embed(self, jobs: list[_Job]) -> None:

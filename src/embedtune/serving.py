@@ -227,6 +227,7 @@ def create_app(
         return responses.JSONResponse({
             "status": "ok", "model": model_name, "dimensions": embedder.dim, "queued": batcher.pending,
             "batches": s.batches, "embedded": s.rows, "max_requests_per_batch": s.max_requests_per_batch,
+            "packed_batches": s.packed_batches,
             "forward_seconds": round(s.forward_seconds, 3), "batch_timeout_ms": batcher.batch_timeout * 1000,
             "autocast": getattr(embedder, "autocast", None), "packing": batcher.packing})
 
