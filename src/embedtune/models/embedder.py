@@ -7,7 +7,6 @@ maps texts to a float32 numpy array (inference). Both share :class:`~embedtune.d
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,10 +18,9 @@ from torch import nn
 
 from ..config import DEFAULT_MODEL, ModelConfig, resolve_prompt
 from ..data.collate import TextTokenizer, batches_by_length, position_ids
+from . import packing
 from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_dtype, resolve_source
 from .pooling import get_pooler
-
-log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -186,86 +184,25 @@ class Embedder(nn.Module):
         return self._pool(out.last_hidden_state, attention_mask)  # (B, D)
 
     def forward_packed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Id rows -> pooled (N, D) embeddings, not normalized, in one pass over a single packed sequence.
-
-        The rows are laid end to end as one (1, T) sequence with positions restarting at 0 for each row;
-        given position ids and no attention mask, transformers' mask builder (4.56+) reads the restarts as
-        packed sequences and gives each row a causal mask of its own, so no token sees another row and no
-        compute goes to padding. Each row's hidden states are then laid out as a padded batch for the
-        pooler. Whether a model honours this is checked by :attr:`supports_packing`.
-        """
-        device = self.device
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)  # (N,)
-        if len(rows) == 0 or int(lengths.min()) < 1:
-            raise ValueError("forward_packed needs at least one row and no empty row")
-        segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)  # (T,) row of each token
-        starts = torch.cumsum(lengths, 0) - lengths  # (N,)
-        positions = torch.arange(int(lengths.sum())) - starts[segment]  # (T,) restart at 0 per row
-        segment, positions = segment.to(device), positions.to(device)
-        ids = torch.tensor([t for r in rows for t in r], dtype=torch.long, device=device)  # (T,)
-        hidden = self.backbone(
-            input_ids=ids.unsqueeze(0), position_ids=positions.unsqueeze(0), use_cache=False
-        ).last_hidden_state[0]  # (T, D)
-        width = int(lengths.max())
-        padded = hidden.new_zeros(len(rows), width, hidden.shape[-1])  # (N, W, D)
-        padded[segment, positions] = hidden
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # (N, W)
-        mask[segment, positions] = 1
-        return self._pool(padded, mask)  # (N, D)
+        """Id rows -> pooled (N, D) embeddings, not normalized, in one pass over a single packed sequence
+        (:mod:`embedtune.models.packing`; whether a model honours it: :attr:`supports_packing`)."""
+        return packing.forward_packed(self.backbone, self._pool, rows)
 
     @property
     def supports_packing(self) -> bool:
-        """Whether :meth:`forward_packed` gives this model's padded-batch embeddings. Checked once (and
-        cached; reset ``_packing`` to None after swapping the backbone) on three texts of different lengths:
-        each packed vector must be within a relative error of 1e-3 (fp32 weights; 2e-2 for half-precision
-        weights) of the padded one. Models whose custom code ignores packing (a plain causal mask over the
-        whole sequence, or an all-ones attention mask that turns transformers' packing detection off) let
-        rows see each other and fail the check."""
+        """Whether :meth:`forward_packed` gives this model's padded-batch vectors (:func:`packing.probe
+        <embedtune.models.packing.probe>`, run once and cached; reset ``_packing`` to None after swapping the
+        backbone). Custom model code that ignores packing (a plain causal mask over the whole sequence, or an
+        all-ones mask that turns transformers' packing detection off) lets rows see each other and fails."""
         if self._packing is None:
-            self._packing = self._probe_packing()
+            self._packing = packing.probe(self)
         return self._packing
-
-    def _probe_packing(self) -> bool:
-        texts = ["A man is playing a guitar on the stage tonight.", "Two dogs run.", "The woman slices a tomato."]
-        rows = self.text_tokenizer.ids(texts)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                batch = self.text_tokenizer.pad(rows)
-                padded = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).float()
-                packed = self.forward_packed(rows).float()
-            # Raw (unnormalized) hidden states of different texts already point in similar directions, so
-            # a cosine would hide a partial leak; the relative error does not.
-            error = ((packed - padded).norm(dim=-1) / padded.norm(dim=-1).clamp(min=1e-12)).max().item()
-            half = next(self.backbone.parameters()).dtype in (torch.float16, torch.bfloat16)
-            ok = error <= (2e-2 if half else 1e-3)
-            if not ok:
-                log.warning("packed sequences change this model's embeddings (relative error %.2g); "
-                            "embedding server batches as padded passes instead", error)
-            return ok
-        except Exception as exc:  # noqa: BLE001 - any failure means: do not pack
-            log.warning("packed sequences do not work with this model (%s: %s); embedding server batches as "
-                        "padded passes instead", type(exc).__name__, exc)
-            return False
-        finally:
-            self.train(was_training)
 
     @property
     def attention_tokens(self) -> float:
-        """Sequence length at which a token's attention costs as many FLOPs as its linear layers: the
-        quadratic term of :func:`~embedtune.batching.least_cost_packs`' cost model. Computed from the
-        backbone's parameter count and attention width; about 3,000 for SmolLM2-135M."""
-        if self._attention_tokens is not None:
-            return self._attention_tokens
-        config = self.backbone.config
-        layers = int(getattr(config, "num_hidden_layers", 1) or 1)
-        heads = int(getattr(config, "num_attention_heads", 1) or 1)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-        embeddings = self.backbone.get_input_embeddings()
-        body = sum(p.numel() for p in self.backbone.parameters()) - (embeddings.weight.numel() if embeddings else 0)
-        # Per token and layer: linear 2 x params FLOPs; attention 2 x 2 x heads x head_dim per key.
-        self._attention_tokens = max(2.0 * body / layers / (4.0 * heads * head_dim), 1.0)
+        """:func:`packing.attention_tokens <embedtune.models.packing.attention_tokens>` of the backbone (cached)."""
+        if self._attention_tokens is None:
+            self._attention_tokens = packing.attention_tokens(self.backbone)
         return self._attention_tokens
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
