@@ -8,9 +8,9 @@ so under load batches fill without waiting; the timeout only matters when traffi
 
 A batch holds whatever arrived together, texts of any lengths. Padded to its longest row it wastes compute
 on padding; so, when the model allows it, the rows are packed end to end into one sequence whose attention
-mask keeps them apart (:meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`,
-cut by :func:`least_cost_packs`), and otherwise cut into padded passes of similar lengths
-(:func:`least_cost_chunks`, :meth:`Embedder.encode_ids <embedtune.models.embedder.Embedder.encode_ids>`).
+mask keeps them apart (:meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`),
+or cut into padded passes of similar lengths (:meth:`Embedder.encode_ids
+<embedtune.models.embedder.Embedder.encode_ids>`), whichever :func:`plan_passes` estimates cheaper.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ class MicroBatcher:
         max_batch_size: rows per forward pass (a request larger than this is still embedded whole,
             in several passes).
         batch_timeout_ms: how long the worker waits for more requests after the first one arrives.
-        packing: embed each batch as packed sequences (:func:`least_cost_packs`, no padding) instead of
-            padded passes (:func:`least_cost_chunks`). None (default) packs when
+        packing: allow packed passes (no padding; taken per batch when :func:`plan_passes` finds them
+            cheaper than padded ones). None (default) allows them when
             :attr:`Embedder.supports_packing` says the model gives the same vectors packed; True requires
             it (ValueError if not); False never packs.
     """
