@@ -218,7 +218,8 @@ def main() -> int:
     timeout_arg += f" --packing {args.packing}" if args.packing != "auto" else ""
     pass_kind = "packed" if health["packing"] else "padded"
     how = ("packs the texts of each batch end to end into one sequence, with an attention mask that keeps them\n"
-           "apart (no padding; `Embedder.encode_packed`, passes cut by `batching.least_cost_packs`)"
+           "apart (no padding; `Embedder.encode_packed`), when `batching.plan_passes` finds that cheaper than "
+           "padded passes"
            if health["packing"] else
            "cuts each batch into the padded passes of least estimated cost (padded tokens plus a per-pass "
            "cost; `batching.least_cost_chunks`)")

@@ -168,8 +168,8 @@ def create_app(
         max_batch_size: rows per forward pass.
         batch_timeout_ms: how long the worker waits to fill a batch after the first request.
         truncate: truncate over-long inputs for every request instead of answering 422.
-        packing: pack each batch's texts into one sequence instead of padding them (None: when the model
-            supports it; see :class:`~embedtune.batching.MicroBatcher`).
+        packing: allow packed passes (a batch's texts in one sequence, no padding; taken per batch when
+            cheaper). None: when the model supports it; see :class:`~embedtune.batching.MicroBatcher`.
 
     Returns:
         A ``fastapi.FastAPI``; ``app.state.batcher`` is its :class:`~embedtune.batching.MicroBatcher`.

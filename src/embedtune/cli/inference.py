@@ -226,8 +226,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="wait to fill a batch when traffic is light")
     p.add_argument("--packing", default="auto", choices=("auto", "on", "off"),
-                   help="embed each batch as one packed sequence instead of padded passes (auto: when the model "
-                        "gives the same vectors packed; on: require it)")
+                   help="allow packed passes (texts end to end, no padding), taken per batch when cheaper than "
+                        "padded ones (auto: when the model gives the same vectors packed; on: require it; off: never)")
     p.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
     p.add_argument("--autocast", default=None, choices=AUTOCAST_CHOICES, help=AUTOCAST_HELP)
