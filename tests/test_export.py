@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,29 +54,42 @@ def test_merged_equals_base_plus_adapter(tiny_llama, tmp_path):
     ("p3", "right", "mean"),
     (None, "left", "weighted_mean"),
 ])
-def test_sentence_transformers_folder_equals_embedder(tiny_llama, tmp_path, prompt, padding_side, pooling):
+def test_sentence_transformers_folder_equals_embedder(tiny_llama, tmp_path, caplog, prompt, padding_side,
+                                                     pooling):
     from sentence_transformers import SentenceTransformer
 
     # max_length 8 truncates the long text: the EOS must survive it in both implementations.
     emb = make_run(tiny_llama, tmp_path / "run", prompt=prompt, padding_side=padding_side, pooling=pooling,
                    max_length=8)
-    expected = emb.encode(TEXTS)
-    out = export_sentence_transformers(tmp_path / "run", tmp_path / "st")
+    # embedtune keeps a prompt's suffix when it truncates; the exported tokenizer cannot (it cuts the end of
+    # the prompted text), so with a suffix only the texts within the max length are exact, and the export warns.
+    tt = emb.text_tokenizer
+    plain = dataclasses.replace(tt, prompt=None)  # tokenizes the prompted text and cuts its end
+    st_ids = plain.ids([tt.format(t) for t in TEXTS])
+    fits = [len(dataclasses.replace(plain, max_length=1000).ids([tt.format(t)])[0]) <= 8 for t in TEXTS]
+    suffix = bool(tt.suffix)
+    texts = [t for t, ok in zip(TEXTS, fits) if ok or not suffix]
+    assert texts and (not suffix or not all(fits))
+    expected = emb.encode(texts)
+    with caplog.at_level("WARNING", logger="embedtune.export"):
+        out = export_sentence_transformers(tmp_path / "run", tmp_path / "st")
+    assert ("over-long texts get different vectors" in caplog.text) == suffix
     st = SentenceTransformer(str(out), device="cpu")
-    np.testing.assert_allclose(st.encode(TEXTS, batch_size=len(TEXTS)), expected, atol=1e-4)
-    np.testing.assert_allclose(st.encode(TEXTS[:1]), expected[:1], atol=1e-4)  # alone, no padding
+    np.testing.assert_allclose(st.encode(texts, batch_size=len(texts)), expected, atol=1e-4)
+    np.testing.assert_allclose(st.encode(texts[:1]), expected[:1], atol=1e-4)  # alone, no padding
     # The saved tokenizer does embedtune's preprocessing: same ids, EOS exactly once, also when truncated.
     features = st.preprocess(TEXTS)
-    eos = emb.text_tokenizer.eos_id
-    for row, mask, ids in zip(features["input_ids"], features["attention_mask"], emb.text_tokenizer.ids(TEXTS)):
+    eos = tt.eos_id
+    for i, (row, mask, ids) in enumerate(zip(features["input_ids"], features["attention_mask"], tt.ids(TEXTS))):
         real = row[mask.bool()].tolist()
-        assert real == ids
         assert real[-1] == eos and real.count(eos) == 1 and len(real) <= 8
-    assert len(emb.text_tokenizer.ids([TEXTS[-1]])[0]) == 8  # the long text was truncated
+        assert real == st_ids[i]
+        assert (real == ids) == (fits[i] or not suffix)
+    assert not fits[-1] and len(tt.ids([TEXTS[-1]])[0]) == 8  # the long text was truncated
     # The folder is also an embedtune model (prompt done by the tokenizer, not twice).
     again = Embedder.load(out, device="cpu")
     assert again.prompt is None
-    np.testing.assert_allclose(again.encode(TEXTS), expected, atol=1e-4)
+    np.testing.assert_allclose(again.encode(texts), expected, atol=1e-4)
 
 
 def test_sentence_transformers_tokenizer_that_appends_eos_itself(tmp_path):

@@ -10,7 +10,9 @@ without any embedtune code at load time, so the *saved tokenizer* does embedtune
   (sentence-transformers' own prompts can only prepend, and the paper's templates have suffixes);
 * the EOS id becomes part of the post-processor template (after the model's own leading special tokens),
   so it is appended exactly once and the tokenizer's truncation keeps it (truncation makes room for the
-  template's special tokens first);
+  template's special tokens first); a prompt's suffix is text, not template, so for a text over the max
+  length the tokenizer cuts the suffix where embedtune keeps it: such texts (only those) differ, and the
+  export says so;
 * padding is on the right: sentence-transformers does not derive position ids from the attention mask,
   and right padding gives the positions embedtune uses for either padding side.
 """
@@ -18,6 +20,7 @@ without any embedtune code at load time, so the *saved tokenizer* does embedtune
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -174,9 +177,17 @@ def _verify_saved_tokenizer(folder: Path, embedder: Embedder) -> None:
     tt = embedder.text_tokenizer
     loaded = AutoTokenizer.from_pretrained(str(folder))
     probes = ["the", "a man plays guitar", "hello world, 123!", " ".join(["the quick brown fox"] * tt.max_length)]
-    got = loaded(probes, truncation=True, max_length=tt.max_length)["input_ids"]
+    got = [list(g) for g in loaded(probes, truncation=True, max_length=tt.max_length)["input_ids"]]
     want = tt.ids(probes)
-    if [list(g) for g in got] != want:
+    if tt.suffix:
+        log.warning(
+            "the prompt %r ends after the text; embedtune keeps that suffix when it truncates a text over "
+            "%d tokens, but the sentence-transformers tokenizer truncates from the right and cuts it, so "
+            "over-long texts get different vectors from this folder (shorter ones are exact)", tt.prompt,
+            tt.max_length)
+        # What the exported tokenizer must give: the prompted text, its end cut when over-long, one EOS.
+        want = dataclasses.replace(tt, prompt=None).ids([tt.format(p) for p in probes])
+    if got != want:
         raise ValueError(
             f"the saved tokenizer reloads as {type(loaded).__name__}, which does not reproduce embedtune's "
             f"token ids (prompt + EOS) for this model; the sentence-transformers export is not exact here. "
@@ -187,8 +198,9 @@ def _verify_saved_tokenizer(folder: Path, embedder: Embedder) -> None:
 def preprocessing_tokenizer(embedder: Embedder) -> Any:
     """A copy of the Embedder's tokenizer that applies its prompt and appends its EOS id by itself.
 
-    ``copy(text)`` then gives the ids ``Embedder`` uses for ``text``, also under truncation (the prompted
-    text is truncated, the EOS kept), padding on the right.
+    ``copy(text)`` then gives the ids ``Embedder`` uses for ``text``, padding on the right, also under
+    truncation (the EOS kept) unless the prompt has a suffix: the tokenizer's truncation cuts the end of the
+    prompted text, where embedtune cuts the text and keeps the suffix.
 
     Raises:
         ValueError: the tokenizer is not a fast (``tokenizers``-backed) tokenizer.

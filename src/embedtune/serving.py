@@ -113,20 +113,20 @@ def parse_request(body: bytes, *, model_name: str, dim: int, max_inputs: int) ->
 def tokenize_checked(embedder: Embedder, texts: list[str], max_tokens: int, truncate: bool) -> list[list[int]]:
     """Id rows (prompt applied, EOS last) through the Embedder's own tokenizer, within ``max_tokens``.
 
-    Rows are tokenized with a cap one above the limit, so an over-long text is detected without tokenizing
-    all of a huge input; with ``truncate`` it is re-tokenized at the limit (EOS kept), like ``Embedder.encode``.
+    With ``truncate``, over-long texts are cut like ``Embedder.encode`` cuts them (EOS and a prompt's suffix
+    kept); without it, rows are made with a cap one above the limit, and a row that reaches it is refused.
 
     Raises:
         ApiError: 422 naming the first input over the limit (when not truncating).
     """
     tt = embedder.text_tokenizer
+    if truncate:
+        return tt.ids(texts, max_tokens)
     rows = tt.ids(texts, max_tokens + 1)
     for i, row in enumerate(rows):
         if len(row) > max_tokens:
-            if not truncate:
-                raise ApiError(422, f"input[{i}] is longer than {max_tokens} tokens (prompt and EOS included); "
-                               "shorten it or send \"truncate\": true", param=f"input[{i}]", code="input_too_long")
-            rows[i] = tt.ids([texts[i]], max_tokens)[0]
+            raise ApiError(422, f"input[{i}] is longer than {max_tokens} tokens (prompt and EOS included); "
+                           "shorten it or send \"truncate\": true", param=f"input[{i}]", code="input_too_long")
     return rows
 
 

@@ -65,15 +65,76 @@ class TextTokenizer:
         return self.prompt.format(text) if self.prompt else text
 
     def ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids per text, each ending in exactly one EOS id, at most ``max_length`` long."""
+        """Token ids per text, each ending in exactly one EOS id, at most ``max_length`` long.
+
+        An over-long row loses tokens of the *text*: when the prompt has a suffix (P1's ``" means in one
+        word: "``), the suffix's tokens are kept after the cut, so the EOS state still answers the
+        prompt's question instead of following a sentence cut mid-way (see :meth:`_cut`)."""
         cap = (max_length or self.max_length) - 1
-        enc = self.tokenizer([self.format(t) for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
-        out = []
+        formatted = [self.format(t) for t in texts]
+        enc = self.tokenizer(formatted, add_special_tokens=True, truncation=False)["input_ids"]
+        rows = []
         for row in enc:
+            row = list(row)
             while row and row[-1] == self.eos_id:  # the tokenizer appended EOS itself
-                row = row[:-1]
-            out.append(list(row[:cap]) + [self.eos_id])
+                row.pop()
+            rows.append(row)
+        long = [i for i, row in enumerate(rows) if len(row) > cap]
+        if long:
+            for i, kept in zip(long, self._cut([formatted[i] for i in long], [rows[i] for i in long], cap)):
+                rows[i] = kept
+        return [row + [self.eos_id] for row in rows]
+
+    @property
+    def suffix(self) -> str:
+        """What the prompt puts after the text and truncation keeps ('' without a prompt, for prefix-only
+        prompts, and for a whitespace-only suffix, which carries no instruction)."""
+        parts = self.prompt.format("\x00").split("\x00") if self.prompt else []
+        return parts[1] if len(parts) == 2 and parts[1].strip() else ""
+
+    def _cut(self, texts: list[str], rows: list[list[int]], cap: int) -> list[list[int]]:
+        """Over-long ``rows`` (tokens of the formatted ``texts``, no EOS) cut to ``cap`` tokens each.
+
+        Kept: the head (leading special tokens, the prompt's prefix, then as much of the text as fits) and
+        the tail (the tokens overlapping the prompt's suffix, plus any special tokens the tokenizer appends;
+        a token spanning the text's end and the suffix, like ``."``, counts as suffix). Without a suffix,
+        or when the cap leaves no room for a single text token between prefix and suffix, the row's end is
+        cut, as the tokenizer's own truncation would."""
+        if not self.suffix:
+            return [row[:cap] for row in rows]
+        out = []
+        for row, (head, tail) in zip(rows, self._prompt_spans(texts, rows)):
+            fits = 0 < tail and head + tail < cap
+            out.append(row[: cap - tail] + row[len(row) - tail :] if fits else row[:cap])
         return out
+
+    def _prompt_spans(self, texts: list[str], rows: list[list[int]]) -> list[tuple[int, int]]:
+        """Per row: (tokens before the text, tokens from the suffix on), from the character offsets of a
+        fast tokenizer; a slow one (no offsets) gets the prefix's and the suffix's lengths tokenized alone."""
+        prefix = self.prompt.format("\x00").split("\x00")[0]
+        try:
+            offsets = self.tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        except NotImplementedError:  # transformers' Python (slow) tokenizers
+            def count(piece: str, special: bool) -> int:
+                return len(self.tokenizer(piece, add_special_tokens=special)["input_ids"])
+
+            head = count("", True) + (count(prefix, False) if prefix else 0)  # may count an appended EOS: safe
+            tail = count(self.suffix, False)
+            return [(head, min(tail, len(row))) for row in rows]
+        spans = []
+        for text, row, offs in zip(texts, rows, offsets):
+            offs = [tuple(o) for o in offs[: len(row)]]  # the row lost the tokenizer's own trailing EOS, if any
+            start = len(text) - len(self.suffix)  # the suffix's first character
+            tail = 0
+            while tail < len(offs) and offs[-1 - tail] == (0, 0):  # appended special tokens
+                tail += 1
+            while tail < len(offs) and offs[-1 - tail][1] > start:
+                tail += 1
+            head = 0
+            while head < len(offs) and offs[head][1] <= len(prefix):  # leading specials end at 0
+                head += 1
+            spans.append((head, tail if tail < len(offs) else 0))
+        return spans
 
     def pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pad to the longest row of this batch (dynamic padding) on ``padding_side``."""

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import resolve_prompt
+
 try:
     from mteb.models import ModelMeta
     from mteb.models.abs_encoder import AbsEncoder
@@ -57,7 +59,7 @@ class EmbedtuneEncoder(AbsEncoder):
     ) -> None:
         self.model = embedder
         self.batch_size = batch_size
-        self.prompts = dict(prompts or {})
+        self.prompts = {key: resolve_prompt(template) for key, template in (prompts or {}).items()}
         source = getattr(embedder, "source", None)
         if name is None:
             spec = source.spec if source is not None else "model"
