@@ -213,7 +213,7 @@ def preprocessing_tokenizer(embedder: Embedder) -> Any:
     if backend is None:
         raise ValueError(f"{type(tok).__name__} is not a fast tokenizer; the sentence-transformers export needs one")
     if tt.prompt:
-        prefix, suffix = tt.prompt.format("\x00").split("\x00")
+        prefix, suffix = tt.prompt_affixes
         steps = [normalizers.Prepend(prefix)] if prefix else []
         if suffix:
             steps.append(normalizers.Replace(Regex(r"\z"), suffix))  # the empty match at the end: append

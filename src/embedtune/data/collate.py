@@ -86,11 +86,18 @@ class TextTokenizer:
         return [row + [self.eos_id] for row in rows]
 
     @property
+    def prompt_affixes(self) -> tuple[str, str]:
+        """(what the prompt puts before the text, what it puts after); ('', '') without a prompt or for a
+        template that does not hold the text exactly once."""
+        parts = self.prompt.format("\x00").split("\x00") if self.prompt else []
+        return (parts[0], parts[1]) if len(parts) == 2 else ("", "")
+
+    @property
     def suffix(self) -> str:
         """What the prompt puts after the text and truncation keeps ('' without a prompt, for prefix-only
         prompts, and for a whitespace-only suffix, which carries no instruction)."""
-        parts = self.prompt.format("\x00").split("\x00") if self.prompt else []
-        return parts[1] if len(parts) == 2 and parts[1].strip() else ""
+        after = self.prompt_affixes[1]
+        return after if after.strip() else ""
 
     def _cut(self, texts: list[str], rows: list[list[int]], cap: int) -> list[list[int]]:
         """Over-long ``rows`` (tokens of the formatted ``texts``, no EOS) cut to ``cap`` tokens each.
@@ -111,7 +118,7 @@ class TextTokenizer:
     def _prompt_spans(self, texts: list[str], rows: list[list[int]]) -> list[tuple[int, int]]:
         """Per row: (tokens before the text, tokens from the suffix on), from the character offsets of a
         fast tokenizer; a slow one (no offsets) gets the prefix's and the suffix's lengths tokenized alone."""
-        prefix = self.prompt.format("\x00").split("\x00")[0]
+        prefix = self.prompt_affixes[0]
         try:
             offsets = self.tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
         except NotImplementedError:  # transformers' Python (slow) tokenizers
