@@ -114,6 +114,19 @@ def test_plot_curve(tmp_path):
         plot_curve([{"step": 1}], tmp_path / "x.png")
 
 
+def test_plot_curve_puts_a_long_legend_beside_the_axes(tmp_path):
+    import struct
+
+    def png_width(path):  # IHDR: 8-byte signature, 4-byte length, b"IHDR", then width, height
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]
+
+    few = [{"step": s, "cosine_spearman": 50.0 + s, "task": f"cell-{i}"} for i in range(2) for s in (0, 1)]
+    many = [{"step": s, "cosine_spearman": 50.0 + s, "task": f"default__lr0.0005__cell-{i}"}
+            for i in range(6) for s in (0, 1)]
+    assert png_width(plot_curve(few, tmp_path / "few.png")) == 600
+    assert png_width(plot_curve(many, tmp_path / "many.png")) > 600  # widened to make room on the right
+
+
 def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
     import builtins
 

@@ -47,7 +47,9 @@ def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METR
             lines.setdefault(str(p.get("task", metric)), []).append((float(p["step"]), float(p[metric])))
     if not lines:
         raise ValueError(f"plot_curve: no point has both 'step' and {metric!r}")
-    figure = _figure(6.0, 4.0)
+    outside = len(lines) > 4  # a long legend inside the axes hides the curves: put it on the right
+    longest = max(len(label) for label in lines)
+    figure = _figure(6.0 + (0.07 * longest + 0.6 if outside else 0.0), 4.0)
     ax = figure.add_subplot(1, 1, 1)
     for label, xy in lines.items():
         xy.sort()
@@ -55,7 +57,9 @@ def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METR
     ax.set_xlabel("step")
     ax.set_ylabel(f"{metric.replace('_', ' ')} x100")
     ax.grid(alpha=0.3)
-    if len(lines) > 1:
+    if outside:
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    elif len(lines) > 1:
         ax.legend(fontsize="small")
     figure.tight_layout()
     return _save_png(figure, Path(path))
