@@ -10,7 +10,7 @@ import warnings
 import pytest
 import yaml
 
-from embedtune.experiment import expand_cells, load_spec, run_experiment
+from embedtune.experiment import cell_status, expand_cells, load_spec, run_experiment
 
 SENTS = ["a man plays guitar", "a man plays piano", "the dog runs in the park", "a dog runs", "the cat sits",
          "a cat sits on the car", "two children eat food", "children are eating", "a woman is happy",
@@ -84,10 +84,16 @@ def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama
 
     # Changing the recipe or the evaluation between calls must not mix results of different settings.
     changed = dataclasses.replace(spec, overrides=["train.max_steps=5"])
+    assert [cell_status(c, spec, str(data)) for c in cells] == [("done", [])] * 3
+    # --list tells which finished cells such a change would stop at, before a run fails on them
+    assert cell_status(cells[0], changed, str(data)) == ("stale", ["config.train.max_steps: 3 -> 5"])
     msg = r"cell \S+/cells/\S+ was run with other settings \(config.train.max_steps: 3 -> 5\)"
     with pytest.raises(ValueError, match=msg):
         run_experiment(changed, data_dir=str(data))
     changed = dataclasses.replace(spec, eval_autocast="bf16")
+    status, what = cell_status(cells[1], changed, str(data))
+    assert status == "stale"
+    assert what == ["eval.autocast: None -> 'bf16'", "base eval.autocast: None -> 'bf16'"]
     msg = r"base evaluation \S+/base/\S+ was run with other settings \(eval.autocast: None -> 'bf16'\)"
     with pytest.raises(ValueError, match=msg):
         run_experiment(changed, data_dir=str(data))

@@ -148,31 +148,65 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def changed_settings(folder: Path, settings: dict[str, Any]) -> list[str]:
+    """``key: recorded -> now`` per setting that differs from ``folder/settings.json`` ([] when none is recorded)."""
+    path = folder / "settings.json"
+    if not path.is_file():
+        return []
+    old = _flat(json.loads(path.read_text(encoding="utf-8")))
+    new = _flat(json.loads(json.dumps(settings, default=str)))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
+
+
 def check_settings(folder: Path, settings: dict[str, Any], what: str) -> None:
     """Record what produced ``folder`` (``settings.json``), or refuse to reuse it for different settings.
 
     Finished cells and base evaluations are skipped on the next call; without this check, editing the
     spec or the recipe between calls would silently mix results of different settings in one report.
     """
-    path = folder / "settings.json"
-    settings = json.loads(json.dumps(settings, default=str))
-    if path.is_file():
-        old = _flat(json.loads(path.read_text(encoding="utf-8")))
-        new = _flat(settings)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-            more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
-            raise ConfigError(
-                f"{what} {folder} was run with other settings ({shown}{more}); "
-                "use another output_dir, or delete that folder to run it again")
+    changed = changed_settings(folder, settings)
+    if changed:
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ConfigError(
+            f"{what} {folder} was run with other settings ({'; '.join(changed[:5])}{more}); "
+            "use another output_dir, or delete that folder to run it again")
+    if (folder / "settings.json").is_file():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    plain = json.loads(json.dumps(settings, default=str))
+    write_text_atomic(folder / "settings.json", json.dumps(plain, indent=2, sort_keys=True) + "\n")
 
 
 def _eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
     return {"tasks": spec.eval_tasks, "autocast": spec.eval_autocast, "batch_size": spec.eval_batch_size}
+
+
+def _cell_setup(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None):
+    """The cell's training config, and the settings its base evaluation and its cell folder must record."""
+    cfg = load_config(spec.base_config, [*spec.overrides, *cell.overrides()])
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    cfg.train.output_dir = str(root / "cells" / cell.name / "run")
+    cfg.train.resume = "auto"
+    training = cfg.to_dict()
+    for section, key in (("train", "output_dir"), ("train", "resume"), ("data", "data_dir")):
+        training[section].pop(key, None)  # where things are, not what is computed
+    return cfg, {"model": training["model"], "eval": _eval_settings(spec)}, {"config": training,
+                                                                             "eval": _eval_settings(spec)}
+
+
+def cell_status(cell: Cell, spec: ExperimentSpec, data_dir: str | None = None) -> tuple[str, list[str]]:
+    """``done``, ``todo`` or ``stale`` (its folder, or its base evaluation's, was made with other settings:
+    running the experiment would stop there), with the changed settings."""
+    root = Path(spec.output_dir)
+    _, base_settings, cell_settings = _cell_setup(cell, spec, root, data_dir)
+    changed = (changed_settings(root / "cells" / cell.name, cell_settings)
+               + [f"base {c}" for c in changed_settings(root / "base" / cell.base_key, base_settings)])
+    if changed:
+        return "stale", changed
+    done = (root / "cells" / cell.name / "eval_final" / "results.json").is_file()
+    return ("done" if done else "todo"), []
 
 
 def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None) -> dict[str, Any]:
@@ -180,20 +214,13 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     from .models.embedder import Embedder
     from .training.trainer import train
 
-    cfg = load_config(spec.base_config, [*spec.overrides, *cell.overrides()])
-    if data_dir:
-        cfg.data.data_dir = data_dir
+    cfg, base_settings, cell_settings = _cell_setup(cell, spec, root, data_dir)
     cell_dir = root / "cells" / cell.name
     run_dir = cell_dir / "run"
-    cfg.train.output_dir = str(run_dir)
-    cfg.train.resume = "auto"
     base_dir = root / "base" / cell.base_key
     record: dict[str, Any] = {"cell": asdict(cell), "name": cell.name, "config": cfg.to_dict()}
-    training = cfg.to_dict()
-    for section, key in (("train", "output_dir"), ("train", "resume"), ("data", "data_dir")):
-        training[section].pop(key, None)  # where things are, not what is computed
-    check_settings(base_dir, {"model": training["model"], "eval": _eval_settings(spec)}, "base evaluation")
-    check_settings(cell_dir, {"config": training, "eval": _eval_settings(spec)}, "cell")
+    check_settings(base_dir, base_settings, "base evaluation")
+    check_settings(cell_dir, cell_settings, "cell")
 
     if not (base_dir / "results.json").is_file():
         base = Embedder.from_config(cfg.model)

@@ -125,17 +125,20 @@ def _add_experiment(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data folder (default: $EMBEDTUNE_DATA or ../shared/data)")
     p.add_argument("--only", default=None, help="comma-separated substrings: run only matching cells")
     p.add_argument("--max-cells", type=int, default=None, help="work on at most N unfinished cells in this call")
-    p.add_argument("--list", action="store_true", help="list the cells and whether they are done, then exit")
+    p.add_argument("--list", action="store_true", help="list the cells (done, todo, or stale: made with other "
+                   "settings), then exit")
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from ..experiment import expand_cells, load_spec, run_experiment
+    from ..experiment import cell_status, expand_cells, load_spec, run_experiment
 
     spec = load_spec(args.spec)
     if args.list:
         for cell in expand_cells(spec):
-            done = (Path(spec.output_dir) / "cells" / cell.name / "eval_final" / "results.json").is_file()
-            print(f"{'done' if done else 'todo'}  {cell.varied:15s} {cell.name}")
+            status, changed = cell_status(cell, spec, args.data_dir)
+            print(f"{status:5s} {cell.varied:15s} {cell.name}")
+            for c in changed:
+                print(f"        run with other settings: {c}")
         return 0
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     report = run_experiment(spec, data_dir=args.data_dir, only=only, max_cells=args.max_cells)
