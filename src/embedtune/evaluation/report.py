@@ -335,7 +335,9 @@ def compare(payloads: dict[str, dict], out_dir: str | Path, metric: str = MAIN_M
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "comparison.md", f"# STS comparison ({metric}, x100)\n\n{md}\n")
-    figure = _figure(width=max(6.0, 1.0 + 0.35 * len(tasks) * len(payloads) + 0.6 * len(tasks)), height=4.0)
+    rows = -(-len(payloads) // 4)  # legend rows
+    figure = _figure(width=max(6.0, 1.0 + 0.35 * len(tasks) * len(payloads) + 0.6 * len(tasks)),
+                     height=4.0 + 0.25 * rows)
     ax = figure.add_subplot(1, 1, 1)
     groups = [*tasks, "mean"]
     x = np.arange(len(groups))
@@ -348,7 +350,8 @@ def compare(payloads: dict[str, dict], out_dir: str | Path, metric: str = MAIN_M
     ax.set_xticklabels(groups, rotation=30, ha="right")
     ax.set_ylabel(f"{metric.replace('_', ' ')} x100")
     ax.set_title("STS benchmarks")
-    ax.legend(fontsize="small")
+    # Below the axes: inside, the legend covers the tallest bars (the mean group is at the right edge).
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(payloads), 4))
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     png = _save_png(figure, out / "comparison.png")
