@@ -192,8 +192,8 @@ def _cell_setup(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | No
     training = cfg.to_dict()
     for section, key in (("train", "output_dir"), ("train", "resume"), ("data", "data_dir")):
         training[section].pop(key, None)  # where things are, not what is computed
-    return cfg, {"model": training["model"], "eval": _eval_settings(spec)}, {"config": training,
-                                                                             "eval": _eval_settings(spec)}
+    evaluation = _eval_settings(spec)
+    return cfg, {"model": training["model"], "eval": evaluation}, {"config": training, "eval": evaluation}
 
 
 def cell_status(cell: Cell, spec: ExperimentSpec, data_dir: str | None = None) -> tuple[str, list[str]]:
