@@ -148,13 +148,18 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings as they read back from JSON (paths and other objects as strings)."""
+    return json.loads(json.dumps(settings, default=str))
+
+
 def changed_settings(folder: Path, settings: dict[str, Any]) -> list[str]:
     """``key: recorded -> now`` per setting that differs from ``folder/settings.json`` ([] when none is recorded)."""
     path = folder / "settings.json"
     if not path.is_file():
         return []
     old = _flat(json.loads(path.read_text(encoding="utf-8")))
-    new = _flat(json.loads(json.dumps(settings, default=str)))
+    new = _flat(_plain(settings))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
@@ -171,11 +176,10 @@ def check_settings(folder: Path, settings: dict[str, Any], what: str) -> None:
         raise ConfigError(
             f"{what} {folder} was run with other settings ({'; '.join(changed[:5])}{more}); "
             "use another output_dir, or delete that folder to run it again")
-    if (folder / "settings.json").is_file():
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    plain = json.loads(json.dumps(settings, default=str))
-    write_text_atomic(folder / "settings.json", json.dumps(plain, indent=2, sort_keys=True) + "\n")
+    path = folder / "settings.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(_plain(settings), indent=2, sort_keys=True) + "\n")
 
 
 def _eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
