@@ -110,3 +110,37 @@ def test_experiment_spec_errors(tmp_path):
     bad.write_text("name: x\nmodles: [default]\n")
     with pytest.raises(ValueError, match="unknown key.*modles"):
         load_spec(bad)
+
+
+def test_reference_defaults_to_the_recipe_and_overrides_only_the_ablated_factor(tmp_path, tiny_llama):
+    """Without ``reference:``, the reference cell trains exactly the base recipe (lr, prompt, ... as the file
+    says), and an ablation cell differs from the recipe in its own factor only."""
+    from embedtune.config import load_config
+    from embedtune.experiment import _cell_setup
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_llama), "prompt": "p1", "pooling": "last"},
+        "data": {"train_files": ["x.csv"], "hard_negatives": True},
+        "train": {"lr": 5e-4, "max_steps": 3},
+    }))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"name": "no-reference", "base_config": str(recipe),
+                                   "output_dir": str(tmp_path / "out"), "overrides": ["train.max_steps=2"],
+                                   "ablate": {"pooling": ["mean"]}}))
+    spec = load_spec(exp)
+    reference, ablated = expand_cells(spec)
+
+    def trained(cell) -> dict:
+        d = _cell_setup(cell, spec, tmp_path / "out", None)[0].to_dict()
+        for section, key in (("train", "output_dir"), ("train", "resume")):
+            d[section].pop(key)
+        return d
+
+    recipe_cfg = load_config(recipe, ["train.max_steps=2"]).to_dict()
+    for section, key in (("train", "output_dir"), ("train", "resume")):
+        recipe_cfg[section].pop(key)
+    assert trained(reference) == recipe_cfg  # lr 5e-4 and prompt p1, not hard-coded 5e-5 and no prompt
+    expected = {**recipe_cfg, "model": {**recipe_cfg["model"], "pooling": "mean"}}
+    assert trained(ablated) == expected
+    assert (reference.varied, ablated.varied) == ("reference", "model.pooling")
