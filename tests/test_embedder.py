@@ -246,3 +246,40 @@ def test_attention_tokens_follows_the_model_width(tiny_llama, default_embedder):
     # SmolLM2-135M: 106M non-embedding parameters over 30 layers, 9 heads x 64 -> about 3,073
     assert 2900 < default_embedder.attention_tokens < 3300
     assert small < default_embedder.attention_tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_num_layers_keeps_the_first_layers_and_their_output(tiny_models, family):
+    """A backbone cut to N layers gives the full model's hidden state after layer N, through the final norm,
+    and never loads the dropped layers' weights."""
+    full = Embedder.from_pretrained(str(tiny_models[family]), device="cpu")
+    cut = Embedder.from_pretrained(str(tiny_models[family]), device="cpu", num_layers=1)
+    assert (full.num_layers, cut.num_layers) == (2, 1)
+    assert not any(".1." in name for name, _ in cut.backbone.named_parameters())  # no dead weights
+    batch = full.tokenize(TEXTS)
+    with torch.no_grad():
+        hidden = full.backbone(**batch, output_hidden_states=True).hidden_states[1]  # (B, L, D) after layer 1
+        final_norm = full.backbone.ln_f if family == "gpt2" else full.backbone.norm
+        expected = full._pool(final_norm(hidden), batch["attention_mask"])
+        got = cut(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"model.num_layers=3: .* has 2 decoder layers; choose 1..2"):
+        Embedder.from_pretrained(str(tiny_models[family]), device="cpu", num_layers=3)
+
+
+def test_adapter_run_at_reduced_depth_reloads_at_that_depth(tiny_llama, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", num_layers=1)
+    emb.backbone = get_peft_model(emb.backbone, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for n, p in emb.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    before = emb.encode(TEXTS)
+    emb.save(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "embedtune.json").read_text())["num_layers"] == 1
+    again = Embedder.load(tmp_path / "run", device="cpu")
+    assert again.num_layers == 1
+    np.testing.assert_allclose(again.encode(TEXTS), before, atol=1e-6)

@@ -56,7 +56,7 @@ def _spec(tmp_path, tiny_llama):
 def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama, monkeypatch):
     spec, data = _spec(tmp_path, tiny_llama)
     cells = expand_cells(spec)
-    assert [c.varied for c in cells] == ["reference", "lr", "hard_negatives"]
+    assert [c.varied for c in cells] == ["reference", "train.lr", "data.hard_negatives"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny benchmark files have fewer rows than the real ones
         report = run_experiment(spec, data_dir=str(data), max_cells=2)
@@ -102,7 +102,13 @@ def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama
 def test_experiment_spec_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nablate: {temperature: [0.1]}\n")
-    with pytest.raises(ValueError, match="factor 'temperature' is not one of"):
+    with pytest.raises(ValueError, match="ablate.temperature: unknown config key 'temperature'.*a factor is one of"):
+        load_spec(bad)
+    bad.write_text("name: x\nablate: {train.temperature: 0.1}\n")
+    with pytest.raises(ValueError, match=r"ablate.train.temperature: expected a list of values, got 0.1"):
+        load_spec(bad)
+    bad.write_text("name: x\nreference: {model.num_layers: many}\n")
+    with pytest.raises(ValueError, match="reference.model.num_layers: model.num_layers: expected an integer"):
         load_spec(bad)
     bad.write_text("name: x\neval_autocast: int8\n")
     with pytest.raises(ValueError, match="eval_autocast must be bf16, fp16 or none, got 'int8'"):

@@ -92,6 +92,23 @@ def test_sentence_transformers_folder_equals_embedder(tiny_llama, tmp_path, capl
     np.testing.assert_allclose(again.encode(texts), expected, atol=1e-4)
 
 
+def test_exports_of_a_reduced_depth_run_hold_only_its_layers(tiny_llama, tmp_path):
+    from safetensors import safe_open
+    from sentence_transformers import SentenceTransformer
+
+    emb = make_run(tiny_llama, tmp_path / "run", num_layers=1)
+    expected = emb.encode(TEXTS)
+    merged = export_merged(tmp_path / "run", tmp_path / "merged")
+    st = export_sentence_transformers(tmp_path / "run", tmp_path / "st")
+    for folder in (merged, st):
+        assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 1
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            assert not [k for k in f.keys() if "layers.1." in k]  # no dead weights of the dropped layer
+    assert Embedder.load(merged, device="cpu").num_layers == 1
+    np.testing.assert_allclose(Embedder.load(merged, device="cpu").encode(TEXTS), expected, atol=1e-4)
+    np.testing.assert_allclose(SentenceTransformer(str(st), device="cpu").encode(TEXTS[:1]), expected[:1], atol=1e-4)
+
+
 def test_sentence_transformers_tokenizer_that_appends_eos_itself(tmp_path):
     from conftest import make_tiny_model
     from sentence_transformers import SentenceTransformer

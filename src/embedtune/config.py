@@ -55,6 +55,11 @@ class ModelConfig:
     pooling: str = field(default="last", metadata={"help": "last (EOS state, the paper's) | mean | weighted_mean"})
     prompt: str | None = field(default=None, metadata={"help": "none|p1|p2|p3 or a template with {}"})
     max_length: int = field(default=128, metadata={"help": "token cap per text, EOS included"})
+    num_layers: int | None = field(
+        default=None,
+        metadata={"help": "keep only the first N decoder layers (None: all); cost falls in proportion, and a "
+                          "small LM's middle layers can embed better than its last"},
+    )
     normalize: bool = field(default=True, metadata={"help": "L2-normalize embeddings returned by encode()"})
     padding_side: str = field(default="right", metadata={"help": "right|left; pooling is correct for both"})
 
@@ -257,8 +262,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Inverse of :meth:`RunConfig.to_dict` (used to read a run's saved config)."""
-    cfg = RunConfig()
-    _update(cfg, data, "")
+def field_type(key: str) -> Any:
+    """The annotated type of a dotted config key (``train.lr`` -> float).
+
+    Raises:
+        ConfigError: the key names no field (the message lists the section's fields).
+    """
+    obj: Any = RunConfig
+    parts = key.split(".")
+    for i, name in enumerate(parts):
+        hints = typing.get_type_hints(obj)
+        if name not in hints:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}: {where} has {', '.join(sorted(hints))}")
+        obj = hints[name]
+        if i < len(parts) - 1 and not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
+    if dataclasses.is_dataclass(obj):
+        raise ConfigError(f"config key {key!r} is a section, not a field")
+    return obj
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """``value`` converted to the type of the dotted config ``key``, as a recipe file would read it."""
+    return _coerce(value, field_type(key), key)
+
+
+def get_value(cfg: RunConfig, key: str) -> Any:
+    """The value of a dotted config key (``train.lr``)."""
+    field_type(key)
+    obj: Any = cfg
+    for name in key.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def set_values(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """Assign dotted keys (``{"train.lr": 5e-4}``) with the same checks as a recipe file; returns ``cfg``."""
+    for key, value in values.items():
+        nested: Any = value
+        for k in reversed(key.split(".")):
+            nested = {k: nested}
+        _update(cfg, nested, "")
     return cfg

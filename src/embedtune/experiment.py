@@ -21,24 +21,35 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import ConfigError, RunConfig, coerce_value, get_value, load_config, set_values
 from .io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-FACTORS = ("lr", "prompt", "hard_negatives", "pooling")
-FACTOR_KEYS = {"lr": "train.lr", "prompt": "model.prompt", "hard_negatives": "data.hard_negatives",
-               "pooling": "model.pooling"}
+# Short names for the paper's factors; any other factor is a dotted recipe key (model.num_layers, lora.r ...).
+FACTOR_ALIASES = {"lr": "train.lr", "prompt": "model.prompt", "hard_negatives": "data.hard_negatives",
+                  "pooling": "model.pooling"}
+
+
+def factor_key(name: str) -> str:
+    """The dotted recipe key of a factor (``lr`` -> ``train.lr``; a dotted key is returned as it is)."""
+    return FACTOR_ALIASES.get(name, name)
 
 
 @dataclass
 class ExperimentSpec:
-    """What ``configs/experiments/*.yaml`` holds."""
+    """What ``configs/experiments/*.yaml`` holds.
+
+    A factor is one of the paper's (``lr``, ``prompt``, ``hard_negatives``, ``pooling``) or any dotted recipe
+    key (``model.num_layers``, ``lora.target_modules``, ``train.temperature`` ...). The reference cell is the
+    base recipe (after ``overrides``) with the values given in ``reference``; a factor that ``reference``
+    does not name keeps the recipe's value. Each ablation cell changes one factor of the reference.
+    """
 
     name: str
     base_config: str | None = None
     output_dir: str = "runs/experiments/default"
-    models: list[str] = field(default_factory=lambda: ["default"])
+    models: list[str] | None = None  # None: the recipe's model.name_or_path
     reference: dict[str, Any] = field(default_factory=dict)
     ablate: dict[str, list[Any]] = field(default_factory=dict)
     grid: bool = False
@@ -48,15 +59,52 @@ class ExperimentSpec:
     eval_best: bool = True
     eval_autocast: str | None = None  # bf16: evaluate under autocast (1.3x faster over the nine here)
 
+    def recipe(self) -> RunConfig:
+        """The base recipe with the spec's overrides: what the reference cell trains, unless ``reference``
+        changes it."""
+        return load_config(self.base_config, self.overrides)
+
+    def factors(self) -> list[str]:
+        """Dotted keys of the factors in play (named in ``reference`` or ``ablate``), the paper's first."""
+        named = [factor_key(f) for f in [*self.reference, *self.ablate]]
+        paper = [k for k in FACTOR_ALIASES.values() if k in named]
+        return list(dict.fromkeys([*paper, *named]))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _part(key: str, value: Any) -> str:
+    """How a factor value reads in a cell's folder name (the paper's four keep their historical form)."""
+    if key == "train.lr":
+        return f"lr{value:g}"
+    if key == "model.prompt":
+        return f"prompt-{value or 'none'}"
+    if key == "data.hard_negatives":
+        return f"hn-{int(value)}"
+    if key == "model.pooling":
+        return str(value)
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else (f"{value:g}" if isinstance(value, float)
+                                                                          else str(value))
+    text = re.sub(r"[^A-Za-z0-9.,-]+", "_", text)
+    if len(text) > 24:  # a long value (a list of files, a template): a short stable digest instead
+        text = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{key.rsplit('.', 1)[-1]}-{text}"
+
 
 @dataclass(frozen=True)
 class Cell:
+    """One training run of an experiment: its model and the value of every factor in play.
+
+    ``settings`` holds (dotted key, value) for each factor in play; ``recipe`` the base recipe's values of
+    the same keys. The cell's config is the recipe with the settings that differ from it, nothing else.
+    """
+
     model: str
-    lr: float
-    prompt: str | None
-    hard_negatives: bool
-    pooling: str
-    varied: str = "reference"  # which factor this cell ablates ("reference" for the reference cell)
+    settings: tuple[tuple[str, Any], ...]
+    varied: str = "reference"  # the factor this cell ablates ("reference" for the reference cell, "grid")
+    base_parts: tuple[str, ...] = ()  # what identifies its base evaluation besides the model
 
     @property
     def model_key(self) -> str:
@@ -65,17 +113,20 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return (f"{self.model_key}__lr{self.lr:g}__prompt-{self.prompt or 'none'}__hn-{int(self.hard_negatives)}"
-                f"__{self.pooling}")
+        return "__".join([self.model_key, *(_part(k, v) for k, v in self.settings)])
 
     @property
     def base_key(self) -> str:
-        return f"{self.model_key}__prompt-{self.prompt or 'none'}__{self.pooling}"
+        return "__".join([self.model_key, *self.base_parts])
 
-    def overrides(self) -> list[str]:
-        return [f"model.name_or_path={self.model}", f"train.lr={self.lr}",
-                f"model.prompt={self.prompt if self.prompt else 'null'}",
-                f"data.hard_negatives={str(self.hard_negatives).lower()}", f"model.pooling={self.pooling}"]
+    def value(self, key: str) -> Any:
+        """The cell's value of a factor (alias or dotted key)."""
+        return dict(self.settings)[factor_key(key)]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly view (what the report and experiment.json record)."""
+        return {"model": self.model, "varied": self.varied,
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in self.settings}}
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -89,35 +140,59 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     if "name" not in data:
         raise ConfigError(f"{p}: 'name' is required")
-    for key in list(data.get("ablate", {})) + list(data.get("reference", {})):
-        if key not in FACTORS:
-            raise ConfigError(f"{p}: factor {key!r} is not one of {', '.join(FACTORS)}")
+    for section in ("reference", "ablate"):
+        for name, value in (data.get(section) or {}).items():
+            try:
+                values = value if section == "ablate" else [value]
+                if not isinstance(values, list):
+                    raise ConfigError(f"expected a list of values, got {value!r}")
+                for v in values:
+                    coerce_value(factor_key(name), _none(name, v))
+            except ConfigError as exc:
+                raise ConfigError(f"{p}: {section}.{name}: {exc} (a factor is one of "
+                                  f"{', '.join(FACTOR_ALIASES)} or a recipe key such as model.num_layers)") from None
     if data.get("eval_autocast") not in (None, "none", "bf16", "fp16"):
         raise ConfigError(f"{p}: eval_autocast must be bf16, fp16 or none, got {data['eval_autocast']!r}")
     return ExperimentSpec(**data)
 
 
+def _none(name: str, value: Any) -> Any:
+    """YAML has no way to write None in a list but ``null``; the prompt also accepts ``none``."""
+    if factor_key(name) == "model.prompt" and str(value).lower() in ("none", "null"):
+        return None
+    return value
+
+
 def expand_cells(spec: ExperimentSpec) -> list[Cell]:
-    """Reference cell per model plus one cell per ablated value (or the full grid when ``grid: true``)."""
-    ref = {"lr": 5e-5, "prompt": None, "hard_negatives": True, "pooling": "last", **spec.reference}
-    ref["prompt"] = None if str(ref["prompt"]).lower() in ("none", "null") else ref["prompt"]
+    """Reference cell per model plus one cell per ablated value (or the full grid when ``grid: true``).
+
+    The reference takes the recipe's value of every factor that ``spec.reference`` does not set.
+    """
+    recipe = spec.recipe()
+    keys = spec.factors()
+    ref = {k: get_value(recipe, k) for k in keys}
+    ref.update({factor_key(f): coerce_value(factor_key(f), _none(f, v)) for f, v in spec.reference.items()})
+    ablate = {factor_key(f): [coerce_value(factor_key(f), _none(f, v)) for v in vs] for f, vs in spec.ablate.items()}
+    models = spec.models or [recipe.model.name_or_path]
+
+    def cell(model: str, values: dict[str, Any], varied: str) -> Cell:
+        model_values = {"model.prompt": recipe.model.prompt, "model.pooling": recipe.model.pooling,
+                        **{k: v for k, v in values.items() if k.startswith("model.")}}
+        base = tuple(_part(k, _hashable(v)) for k, v in model_values.items())
+        return Cell(model, tuple((k, _hashable(values[k])) for k in keys), varied, base)
+
     cells: list[Cell] = []
-    for model in spec.models:
+    for model in models:
         if spec.grid:
-            values = {f: list(dict.fromkeys([ref[f], *spec.ablate.get(f, [])])) for f in FACTORS}
-            for combo in itertools.product(*(values[f] for f in FACTORS)):
-                cells.append(Cell(model, float(combo[0]), combo[1], bool(combo[2]), combo[3], "grid"))
+            options = {k: list(dict.fromkeys(map(_hashable, [ref[k], *ablate.get(k, [])]))) for k in keys}
+            for combo in itertools.product(*(options[k] for k in keys)):
+                cells.append(cell(model, dict(zip(keys, combo)), "grid"))
             continue
-        cells.append(Cell(model, float(ref["lr"]), ref["prompt"], bool(ref["hard_negatives"]), ref["pooling"]))
-        for factor, values in spec.ablate.items():
+        cells.append(cell(model, ref, "reference"))
+        for key, values in ablate.items():
             for v in values:
-                if str(v).lower() in ("none", "null") and factor == "prompt":
-                    v = None
-                if v == ref[factor]:
-                    continue
-                kw = {**{f: ref[f] for f in FACTORS}, factor: v}
-                cells.append(Cell(model, float(kw["lr"]), kw["prompt"], bool(kw["hard_negatives"]), kw["pooling"],
-                                  factor))
+                if _hashable(v) != _hashable(ref[key]):
+                    cells.append(cell(model, {**ref, key: v}, key))
     return list(dict.fromkeys(cells))
 
 
@@ -187,8 +262,14 @@ def _eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def _cell_setup(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None):
-    """The cell's training config, and the settings its base evaluation and its cell folder must record."""
-    cfg = load_config(spec.base_config, [*spec.overrides, *cell.overrides()])
+    """The cell's training config, and the settings its base evaluation and its cell folder must record.
+
+    The config is the spec's recipe with only the cell's settings that differ from it (and its model).
+    """
+    cfg = spec.recipe()
+    wanted = {"model.name_or_path": cell.model,
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in cell.settings}}
+    set_values(cfg, {k: v for k, v in wanted.items() if v != get_value(cfg, k)})
     if data_dir:
         cfg.data.data_dir = data_dir
     cfg.train.output_dir = str(root / "cells" / cell.name / "run")
@@ -222,7 +303,7 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     cell_dir = root / "cells" / cell.name
     run_dir = cell_dir / "run"
     base_dir = root / "base" / cell.base_key
-    record: dict[str, Any] = {"cell": asdict(cell), "name": cell.name, "config": cfg.to_dict()}
+    record: dict[str, Any] = {"cell": cell.describe(), "name": cell.name, "config": cfg.to_dict()}
     check_settings(base_dir, base_settings, "base evaluation")
     check_settings(cell_dir, cell_settings, "cell")
 

@@ -1,5 +1,6 @@
-"""The report of an experiment: the paper's tables (main, lr, prompt, hard negatives, pooling), the
-score-vs-step curve, as markdown and PNG, and one JSON with everything."""
+"""The report of an experiment: the main table, one table per ablated factor (the paper's lr, prompt, hard
+negatives and pooling, or any recipe key), the score-vs-step curve, as markdown and PNG, and one JSON with
+everything."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ from typing import Any
 from .evaluation.report import MAIN_METRIC, compare, markdown_table, plot_curve
 from .io import write_text_atomic
 
-ABLATION_TITLES = {"lr": "Learning rate", "prompt": "Prompt", "hard_negatives": "Hard negatives",
-                   "pooling": "Pooling"}
+FACTOR_TITLES = {"train.lr": "Learning rate", "model.prompt": "Prompt", "data.hard_negatives": "Hard negatives",
+                 "model.pooling": "Pooling"}
 
 
-def _label(cell: dict[str, Any], factor: str) -> str:
-    value = cell[factor]
-    if factor == "prompt":
+def _label(cell: dict[str, Any], key: str) -> str:
+    value = cell["settings"][key]
+    if key == "model.prompt":
         return f"prompt {value or 'none'}"
-    if factor == "hard_negatives":
+    if key == "data.hard_negatives":
         return "with hard negatives" if value else "without hard negatives"
-    return f"{factor} {value:g}" if isinstance(value, float) else f"{factor} {value}"
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
 
 
 def write_report(spec, cells, records: list[dict[str, Any]], out: Path) -> Path:
@@ -42,16 +46,16 @@ def write_report(spec, cells, records: list[dict[str, Any]], out: Path) -> Path:
                   f"![main](main__{cell.base_key}/comparison.png)\n"]
 
     # One-factor ablations, each against the reference cell of its model.
-    for factor, title in ABLATION_TITLES.items():
-        for model in spec.models:
-            group = [c for c in cells if c.model == model and c.varied in ("reference", factor)
-                     and c.name in by_name]
-            if len(group) < 2 or not any(c.varied == factor for c in group):
+    for key in spec.factors():
+        title = FACTOR_TITLES.get(key, key)
+        for model in dict.fromkeys(c.model for c in cells):
+            group = [c for c in cells if c.model == model and c.varied in ("reference", key) and c.name in by_name]
+            if len(group) < 2 or not any(c.varied == key for c in group):
                 continue
-            payloads = {_label(by_name[c.name]["cell"], factor): by_name[c.name]["final"] for c in group}
-            folder = f"ablation_{factor}__{group[0].model_key}"
+            payloads = {_label(by_name[c.name]["cell"], key): by_name[c.name]["final"] for c in group}
+            folder = f"ablation_{key.rsplit('.', 1)[-1]}__{group[0].model_key}"
             md, _ = compare(payloads, out / folder)
-            parts += [f"## {title} ablation: {model}\n", md, "", f"![{factor}]({folder}/comparison.png)\n"]
+            parts += [f"## {title} ablation: {model}\n", md, "", f"![{key}]({folder}/comparison.png)\n"]
 
     if spec.grid and len(records) > 1:
         payloads = {r["name"]: r["final"] for r in records}

@@ -122,18 +122,20 @@ class Embedder(nn.Module):
         device: str | None = None,
         trust_remote_code: bool = False,
         attn_implementation: str | None = "auto",
+        num_layers: int | None = None,
         **options: Any,
     ) -> Embedder:
         """Load a base model (hub id, folder, ``.gguf``, or ``default``) and optionally a LoRA adapter.
 
         ``attn_implementation``: ``auto`` (eager on CPU, transformers' choice on GPU), ``eager``, ``sdpa``
-        or ``flash_attention_2``. ``options`` are the constructor's keyword arguments (pooling, prompt,
-        max_length, normalize, padding_side).
+        or ``flash_attention_2``. ``num_layers``: keep only the first N decoder layers (None: all).
+        ``options`` are the constructor's keyword arguments (pooling, prompt, max_length, normalize,
+        padding_side).
         """
         source = resolve_source(model or DEFAULT_MODEL, gguf_file)
         device = device or default_device()
         backbone = load_backbone(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                 attn_implementation=attn_implementation)
+                                 attn_implementation=attn_implementation, num_layers=num_layers)
         tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
         if adapter is not None:
             from peft import PeftModel
@@ -146,9 +148,8 @@ class Embedder(nn.Module):
         """Build from a recipe's ``model`` section (what training and experiments share)."""
         return cls.from_pretrained(
             m.name_or_path, gguf_file=m.gguf_file, dtype=m.dtype, device=device, trust_remote_code=m.trust_remote_code,
-            attn_implementation=m.attn_implementation, pooling=m.pooling, prompt=m.prompt, max_length=m.max_length,
-            normalize=m.normalize,
-            padding_side=m.padding_side,
+            attn_implementation=m.attn_implementation, num_layers=m.num_layers, pooling=m.pooling, prompt=m.prompt,
+            max_length=m.max_length, normalize=m.normalize, padding_side=m.padding_side,
         )
 
     @property
@@ -170,6 +171,11 @@ class Embedder(nn.Module):
     @property
     def dim(self) -> int:
         return int(self.backbone.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int | None:
+        """Decoder layers the backbone runs (None when its config does not say)."""
+        return getattr(self.backbone.config, "num_hidden_layers", None)
 
     # ---- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -296,6 +302,7 @@ class Embedder(nn.Module):
             "pooling": self.pooling,
             "prompt": self.prompt,
             "max_length": self.max_length,
+            "num_layers": self.num_layers,
             "normalize": self.normalize,
             "padding_side": self.text_tokenizer.padding_side,
             "eos": {"token_id": self.text_tokenizer.eos_id, "appended": "always, after truncation, never doubled"},
@@ -362,6 +369,7 @@ class Embedder(nn.Module):
                 base_model or meta["base_model"],
                 adapter=directory,
                 gguf_file=meta.get("gguf_file"),
+                num_layers=meta.get("num_layers"),  # the adapter was trained on the base cut to this depth
                 device=device,
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,16 +204,43 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     return tok
 
 
+# Config fields that hold one entry per decoder layer and must be cut with the layers.
+PER_LAYER_CONFIG_FIELDS = ("layer_types",)
+
+
+def truncate_config(config, num_layers: int, name: str = "the model"):
+    """``config`` cut to its first ``num_layers`` decoder layers (in place; returned for chaining).
+
+    Raises:
+        ValueError: ``num_layers`` is below 1 or above the model's depth.
+    """
+    depth = config.num_hidden_layers
+    if not 1 <= num_layers <= depth:
+        raise ValueError(f"model.num_layers={num_layers}: {name} has {depth} decoder layers; choose 1..{depth}")
+    config.num_hidden_layers = num_layers
+    for key in PER_LAYER_CONFIG_FIELDS:
+        value = getattr(config, key, None)
+        if isinstance(value, (list, tuple)) and len(value) == depth:
+            setattr(config, key, type(value)(value[:num_layers]))
+    return config
+
+
 def load_backbone(
     source: ModelSource,
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = "auto",
+    num_layers: int | None = None,
 ) -> torch.nn.Module:
     """Load the transformer body without its LM head (``AutoModel``): vocabulary logits, the largest
-    matrix product of a small LM, are never computed."""
-    from transformers import AutoModel
+    matrix product of a small LM, are never computed.
+
+    ``num_layers`` keeps only the first N decoder layers: the model is built at that depth and the weights
+    of the later layers are never loaded (the final norm is kept, so the output is the usual last hidden
+    state of a shallower model, and a merged export of it is an ordinary N-layer checkpoint).
+    """
+    from transformers import AutoConfig, AutoModel
 
     device = device or default_device()
     location, kwargs = checkpoint_location(source)
@@ -220,9 +248,17 @@ def load_backbone(
     if attn is not None:
         kwargs["attn_implementation"] = attn
     try:
-        model = AutoModel.from_pretrained(
-            location, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, **kwargs
-        )
+        quiet = nullcontext()
+        if num_layers is not None:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code,
+                                                **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+            if num_layers != config.num_hidden_layers:
+                kwargs["config"] = truncate_config(config, num_layers, source.spec)
+                quiet = _transformers_errors_only()  # the dropped layers' weights are reported as unexpected
+        with quiet:
+            model = AutoModel.from_pretrained(
+                location, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code, **kwargs
+            )
     except OSError as exc:
         raise ModelNotFoundError(_not_found_message(source, exc)) from exc
     except ValueError as exc:
@@ -233,6 +269,18 @@ def load_backbone(
             ) from exc
         raise
     return model.to(device).eval()
+
+
+@contextmanager
+def _transformers_errors_only():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _not_found_message(source: ModelSource, exc: Exception) -> str:
