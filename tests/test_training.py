@@ -304,3 +304,35 @@ def test_train_rejects_bad_settings(tiny_llama, tmp_path):
     cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=1, batch_size=64)
     with pytest.raises(ValueError, match="cannot fill one batch of 64"):
         train(cfg, examples=make_examples(8), show_progress=False)
+
+
+def test_frozen_weights_held_in_bf16_give_the_autocast_step_exactly(tiny_llama, tmp_path):
+    """Holding the frozen base weights in bf16 is a speed-up only: under bf16 autocast the loss and the
+    LoRA gradients are those of float32 weights that autocast casts itself."""
+    from embedtune.training.trainer import hold_frozen_linears_in
+
+    batch = ContrastiveBatch(*([[5, 6, 7, 2], [8, 9, 2], [10, 11, 12, 13, 2]] for _ in range(3)))
+    results = []
+    for half in (False, True):
+        torch.manual_seed(0)
+        emb = _lora_embedder(tiny_llama)
+        if half:
+            assert hold_frozen_linears_in(emb, torch.bfloat16) == 2 * 7  # q,k,v,o,gate,up,down per layer
+            assert all(p.dtype == torch.float32 for p in emb.parameters() if p.requires_grad)
+        emb.train()
+        loss = contrastive_step(emb, emb.text_tokenizer.pad, batch,
+                                autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        results.append((loss, {n: p.grad.clone() for n, p in emb.named_parameters() if p.requires_grad}))
+    (loss32, grads32), (loss16, grads16) = results
+    assert loss32 == loss16
+    assert grads32.keys() == grads16.keys() and grads32
+    for name in grads32:
+        torch.testing.assert_close(grads16[name], grads32[name], atol=0, rtol=0)
+
+
+def test_training_with_frozen_half_weights_saves_an_adapter_that_loads_in_float32(tiny_llama, tmp_path):
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=2, precision="bf16", eval_every=0)
+    train(cfg, examples=make_examples(8), show_progress=False)
+    again = Embedder.load(tmp_path / "run", device="cpu")
+    assert all(p.dtype == torch.float32 for p in again.parameters())
+    assert again.encode(["a man plays guitar"]).shape == (1, again.dim)

@@ -107,6 +107,11 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast"})
+    frozen_half: bool = field(
+        default=True,
+        metadata={"help": "under bf16/fp16 autocast, hold the frozen linear weights in that type: the same "
+                          "numbers autocast computes with, without re-casting them every step"},
+    )
     seed: int = field(default=7, metadata={"help": "random seed"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the end)"})

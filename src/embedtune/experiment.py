@@ -57,6 +57,7 @@ class ExperimentSpec:
     eval_tasks: str | list[str] = "all"
     eval_batch_size: int = 64
     eval_best: bool = True
+    eval_base: bool = True  # false: skip the untrained model's evaluation (probes that compare trained cells)
     eval_autocast: str | None = None  # bf16: evaluate under autocast (1.3x faster over the nine here)
 
     def recipe(self) -> RunConfig:
@@ -286,8 +287,9 @@ def cell_status(cell: Cell, spec: ExperimentSpec, data_dir: str | None = None) -
     running the experiment would stop there), with the changed settings."""
     root = Path(spec.output_dir)
     _, base_settings, cell_settings = _cell_setup(cell, spec, root, data_dir)
-    changed = (changed_settings(root / "cells" / cell.name, cell_settings)
-               + [f"base {c}" for c in changed_settings(root / "base" / cell.base_key, base_settings)])
+    changed = changed_settings(root / "cells" / cell.name, cell_settings)
+    if spec.eval_base:
+        changed += [f"base {c}" for c in changed_settings(root / "base" / cell.base_key, base_settings)]
     if changed:
         return "stale", changed
     done = (root / "cells" / cell.name / "eval_final" / "results.json").is_file()
@@ -296,6 +298,7 @@ def cell_status(cell: Cell, spec: ExperimentSpec, data_dir: str | None = None) -
 
 def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None) -> dict[str, Any]:
     """Base eval (shared), training (resumable), final and best evaluation of one cell."""
+    from .evaluation.report import load_results
     from .models.embedder import Embedder
     from .training.trainer import train
 
@@ -304,16 +307,16 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     run_dir = cell_dir / "run"
     base_dir = root / "base" / cell.base_key
     record: dict[str, Any] = {"cell": cell.describe(), "name": cell.name, "config": cfg.to_dict()}
-    check_settings(base_dir, base_settings, "base evaluation")
+    if spec.eval_base:
+        check_settings(base_dir, base_settings, "base evaluation")
     check_settings(cell_dir, cell_settings, "cell")
-
-    if not (base_dir / "results.json").is_file():
-        base = Embedder.from_config(cfg.model)
-        _evaluate(base, base_dir, spec, cfg.data.data_dir, f"base {cell.base_key}", {"run": None})
-        del base
-    from .evaluation.report import load_results
-
-    record["base"] = load_results(base_dir)
+    record["base"] = None
+    if spec.eval_base:
+        if not (base_dir / "results.json").is_file():
+            base = Embedder.from_config(cfg.model)
+            _evaluate(base, base_dir, spec, cfg.data.data_dir, f"base {cell.base_key}", {"run": None})
+            del base
+        record["base"] = load_results(base_dir)
 
     summary = run_dir / "train_summary.json"
     if not summary.is_file():

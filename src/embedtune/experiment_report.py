@@ -38,7 +38,7 @@ def write_report(spec, cells, records: list[dict[str, Any]], out: Path) -> Path:
         if cell.varied != "reference" or cell.name not in by_name:
             continue
         r = by_name[cell.name]
-        payloads = {"base": r["base"], "fine-tuned (final)": r["final"]}
+        payloads = {**({"base": r["base"]} if r["base"] else {}), "fine-tuned (final)": r["final"]}
         if "best" in r:
             payloads["fine-tuned (best dev)"] = r["best"]
         md, _ = compare(payloads, out / f"main__{cell.base_key}")

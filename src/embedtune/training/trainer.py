@@ -24,7 +24,7 @@ import yaml
 
 from ..config import RunConfig
 from ..io import write_text_atomic
-from ..models.embedder import Embedder
+from ..models.embedder import AUTOCAST_DTYPES, Embedder
 from . import distributed as dist
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .gradcache import ContrastiveBatch, contrastive_step
@@ -132,6 +132,24 @@ def build_embedder(cfg: RunConfig, device: torch.device) -> Embedder:
     return embedder
 
 
+def hold_frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Cast the weights of frozen linear layers to ``dtype`` (the autocast type); returns how many.
+
+    Autocast casts a linear layer's float32 weight to its compute type on every forward and caches the
+    copy only for weights that require grad, so a frozen base model is re-cast at every step. Cast once
+    instead: autocast then finds the weight already in its type, and computes exactly the same numbers
+    (the same rounding, done once). Biases, embeddings, norms and LoRA weights keep their type. Outside
+    autocast such a model needs its inputs in ``dtype``, so the trainer evaluates it under autocast.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad \
+                and module.weight.dtype != dtype and module.weight.is_floating_point():
+            module.weight.data = module.weight.data.to(dtype)
+            count += 1
+    return count
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -194,6 +212,9 @@ def train(
     scheduler = cosine_schedule(optimizer, tc.warmup_steps, total)
     autocast, precision = make_autocast(tc.precision, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    if tc.frozen_half and precision in ("bf16", "fp16"):
+        if hold_frozen_linears_in(embedder, AUTOCAST_DTYPES[precision]):
+            embedder.autocast = precision  # dev evaluation: the frozen weights are in that type now
     lengths = [len(e.anchor) + len(e.positive) + len(e.negative or "") for e in examples] \
         if cfg.data.group_by_length else None
 
