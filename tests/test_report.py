@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 
 import numpy as np
 import pytest
-from conftest import WORDS
 
 from embedtune.cli import main
 from embedtune.evaluation import report
@@ -143,22 +141,6 @@ def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
 
 
 # ---- the commands, on a tiny model and a tiny data folder --------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_sts_dir(tmp_path_factory):
-    """``<dir>/sts/<Name>/test.tsv`` for two benchmarks, 40 pairs each of words the tiny tokenizer knows."""
-    root = tmp_path_factory.mktemp("stsdata")
-    rng = np.random.default_rng(3)
-    for name in ("STS17", "STSBenchmark"):
-        folder = root / "sts" / name
-        folder.mkdir(parents=True)
-        with open(folder / "test.tsv", "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f, delimiter="\t")
-            w.writerow(["sentence1", "sentence2", "score"])
-            for _ in range(40):
-                w.writerow([" ".join(rng.choice(WORDS, 5)), " ".join(rng.choice(WORDS, 4)), f"{rng.uniform(0, 5):.2f}"])
-    return root
-
-
 def test_cli_eval_then_compare(tiny_llama, tiny_sts_dir, tmp_path, capsys):
     outs = []
     for pooling in ("last", "mean"):

@@ -32,7 +32,8 @@ def _quiet_libraries() -> None:
 def _model_args(p: argparse.ArgumentParser, with_adapter: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id, local folder, .gguf file, or 'default' (packaged SmolLM2-135M-Instruct)")
+                   help="hub id, local folder, .gguf file, 'default' (packaged SmolLM2-135M-Instruct), or a "
+                        "sentence-transformers folder or 'all-MiniLM-L6-v2' (a peer baseline, run as it is)")
     if with_adapter:
         g.add_argument("--adapter", default=None, help="LoRA adapter folder (a training run's output)")
         g.add_argument("--run", default=None, help="a training run or export folder (holds embedtune.json)")
@@ -63,6 +64,18 @@ def _build_embedder(args: argparse.Namespace):
     adapter = getattr(args, "adapter", None)
     if run and adapter:
         raise CliError("give either --run or --adapter, not both")
+    if not run and not adapter:
+        from ..models.peer import PeerEncoder, resolve_peer
+
+        if resolve_peer(args.model) is not None:
+            # A sentence-transformers model (a peer baseline): its own pooling and normalization, no prompt.
+            given = [f"--{k.replace('_', '-')}" for k in ("pooling", "prompt", "max_length")
+                     if getattr(args, k, None) is not None]
+            if given:
+                raise CliError(f"{args.model} is a sentence-transformers model, evaluated with its own pooling, "
+                               f"length and no prompt; drop {', '.join(given)}")
+            return PeerEncoder(args.model, device=args.device, dtype=args.dtype,
+                               autocast=getattr(args, "autocast", None))
     if run:
         base = args.model if args.model != DEFAULT_MODEL else None
         return Embedder.load(run, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,

@@ -110,6 +110,7 @@ def embedder_meta(embedder: Any, **extra: Any) -> dict[str, Any]:
         dtype = None
     meta = {
         "model": source.spec if source is not None else None,
+        "source_kind": getattr(source, "kind", None),  # default, gguf, local, hub, or sentence-transformers
         "adapter": None,
         "run": None,
         "pooling": getattr(embedder, "pooling", None),
