@@ -98,14 +98,16 @@ def _part(key: str, value: Any) -> str:
 class Cell:
     """One training run of an experiment: its model and the value of every factor in play.
 
-    ``settings`` holds (dotted key, value) for each factor in play; ``recipe`` the base recipe's values of
-    the same keys. The cell's config is the recipe with the settings that differ from it, nothing else.
+    ``settings`` holds (dotted key, value) for each factor in play. The cell's config is the recipe with
+    the settings that differ from it, nothing else. Its folder name shows the paper's factors always (the
+    names of earlier grids) and any other factor only where it differs from the recipe.
     """
 
     model: str
     settings: tuple[tuple[str, Any], ...]
     varied: str = "reference"  # the factor this cell ablates ("reference" for the reference cell, "grid")
     base_parts: tuple[str, ...] = ()  # what identifies its base evaluation besides the model
+    name_parts: tuple[str, ...] = ()  # what identifies the cell besides the model
 
     @property
     def model_key(self) -> str:
@@ -114,7 +116,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return "__".join([self.model_key, *(_part(k, v) for k, v in self.settings)])
+        return "__".join([self.model_key, *self.name_parts])
 
     @property
     def base_key(self) -> str:
@@ -180,7 +182,9 @@ def expand_cells(spec: ExperimentSpec) -> list[Cell]:
         model_values = {"model.prompt": recipe.model.prompt, "model.pooling": recipe.model.pooling,
                         **{k: v for k, v in values.items() if k.startswith("model.")}}
         base = tuple(_part(k, _hashable(v)) for k, v in model_values.items())
-        return Cell(model, tuple((k, _hashable(values[k])) for k in keys), varied, base)
+        shown = tuple(_part(k, _hashable(values[k])) for k in keys
+                      if k in FACTOR_ALIASES.values() or _hashable(values[k]) != _hashable(get_value(recipe, k)))
+        return Cell(model, tuple((k, _hashable(values[k])) for k in keys), varied, base, shown)
 
     cells: list[Cell] = []
     for model in models:
