@@ -9,7 +9,10 @@ included) with the packaged default model (SmolLM2-135M-Instruct), on the CPU, i
   hidden state of the last position; on the first ``--paper-sentences`` sentences only (it is slow);
 * (b) sentence-transformers: ``models.Transformer`` + ``models.Pooling("lasttoken")`` on the same converted
   folder. It does not append EOS itself, so each text gets the EOS *text* appended, which its tokenizer
-  maps to the EOS id: the token ids are checked to equal embedtune's before timing.
+  maps to the EOS id: the token ids are checked to equal embedtune's before timing;
+* the shipped recipe's settings (``configs/default-cpu.yaml``: its prompt and depth) in fp32 and bf16, and
+  the peer all-MiniLM-L6-v2 through sentence-transformers in fp32 and bf16: the speed a user trades for
+  quality, printed as our sentences/s divided by the peer's.
 
 Each timing is the best of ``--repeats`` runs after a warm-up. It prints sentences/s, ratios and the
 STSBenchmark Spearman of each, and rewrites the ``## Encoding speed`` section of docs/benchmarks.md.
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.append((f"paper protocol (a): 1 sentence/pass, AutoModelForCausalLM, fp32, first {k} sentences", k, sec, None))
     print(f"{rows[-1][0]}: {k / sec:.1f} sentences/s (max rel. difference to embedtune's vectors {agree:.1e})",
           flush=True)
+    peer_rows = recipe_vs_peer(texts, n_pairs, data.scores, args)
+    rows += peer_rows
     print(f"load average after: {load_average()}")
 
     speed = {name: cnt / sec for name, cnt, sec, _ in rows}
@@ -165,14 +170,47 @@ def main(argv: list[str] | None = None) -> int:
     print("GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in gflops.items()))
     print(f"embedtune fp32 vs (b) sentence-transformers: {ratio_b:.2f}x (target >= 1.2x)")
     print(f"embedtune bf16 vs fp32: {ratio_bf16:.2f}x")
+    peer_ratios = {dt: speed[peer_rows[i][0]] / speed[peer_rows[i + 2][0]] for i, dt in enumerate(("fp32", "bf16"))}
+    print("shipped recipe vs all-MiniLM-L6-v2: " + ", ".join(f"{dt} {r:.2f}x" for dt, r in peer_ratios.items()))
     if not args.no_write:
         write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, same, agree, args,
-                      ratio_a16=ratio_a16, gflops=gflops, tokens=tokens, body_params=body_params)
+                      ratio_a16=ratio_a16, gflops=gflops, tokens=tokens, body_params=body_params,
+                      peer_ratios=peer_ratios)
     return 0
 
 
+def recipe_vs_peer(texts: list[str], n_pairs: int, gold: list[float], args) -> list[tuple[str, int, float, float]]:
+    """Rows for the shipped recipe's settings (prompt, depth; an untrained base, which runs at the speed of
+    the trained and merged model) and for all-MiniLM-L6-v2, each in fp32 and bf16 weights."""
+    from embedtune.config import load_config
+    from embedtune.models.embedder import Embedder
+    from embedtune.models.peer import PeerEncoder
+
+    m = load_config(ROOT / "configs" / "default-cpu.yaml").model
+    what = f"prompt {m.prompt or 'none'}, {m.num_layers or 'all'} layers"
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        emb = Embedder.from_pretrained(m.name_or_path, device="cpu", dtype=dtype, prompt=m.prompt,
+                                       num_layers=m.num_layers, max_length=m.max_length)
+        rows.append(_timed(f"embedtune shipped recipe ({what}), {dtype}, batch {args.batch_size}", emb, texts,
+                           n_pairs, gold, args))
+    for dtype in ("float32", "bfloat16"):
+        peer = PeerEncoder("all-MiniLM-L6-v2", device="cpu", dtype=dtype)
+        rows.append(_timed(f"all-MiniLM-L6-v2 (sentence-transformers), {dtype}, batch {args.batch_size}", peer,
+                           texts, n_pairs, gold, args))
+    return rows
+
+
+def _timed(name: str, encoder, texts: list[str], n_pairs: int, gold: list[float], args) -> tuple:
+    encoder.encode(texts[:64], batch_size=args.batch_size)  # warm-up
+    sec, vecs = best_time(lambda: encoder.encode(texts, batch_size=args.batch_size), args.repeats)
+    row = (name, len(texts), sec, pair_spearman(vecs, n_pairs, gold))
+    print(f"{name}: {len(texts) / sec:.1f} sentences/s, Spearman {row[3]:.2f}", flush=True)
+    return row
+
+
 def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, same, agree, args, *,
-                  ratio_a16, gflops, tokens, body_params) -> None:
+                  ratio_a16, gflops, tokens, body_params, peer_ratios) -> None:
     """Replace (or append) the ``## Encoding speed`` section of docs/benchmarks.md, leaving the others alone."""
     from embedtune.evaluation.report import git_commit
     from embedtune.io import write_text_atomic
@@ -200,6 +238,9 @@ def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, sam
         f"- embedtune fp32 vs (a) the paper's protocol: **{ratio_a:.1f}x** "
         f"({'met' if ratio_a >= 10 else 'missed'}; (a) timed on the first {k} sentences only, it is slow).",
         f"- embedtune fp32 vs (b) sentence-transformers: **{ratio_b:.2f}x** ({'met' if ratio_b >= 1.2 else 'missed'}).",
+        "- The shipped recipe's settings (configs/default-cpu.yaml) against the peer all-MiniLM-L6-v2, same texts,"
+        " same run: " + ", ".join(f"**{r:.2f}x** its sentences/s in {dt}" for dt, r in peer_ratios.items())
+        + " (the STSB Spearman of these rows is untrained for ours; trained scores are in docs/results.md).",
         f"- bfloat16 vs float32 (embedtune): **{ratio_bf16:.2f}x** the speed; Spearman in the table. embedtune in",
         f"  bfloat16 (`--dtype bfloat16`) vs (a) in fp32: **{ratio_a16:.1f}x** "
         f"({'meets' if ratio_a16 >= 10 else 'misses'} the 10x target).",

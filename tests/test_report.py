@@ -179,3 +179,14 @@ def test_cli_compare_different_tasks(tmp_path, capsys):
         write_results(tmp_path / name, _payload(tasks))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 2
     assert "lacks STS12" in capsys.readouterr().err
+
+
+def test_plot_tradeoff_writes_a_png_and_rejects_nothing(tmp_path):
+    from embedtune.evaluation.plots import plot_tradeoff
+
+    points = [{"label": "ours", "speed": 120.0, "score": 81.2, "group": "embedtune"},
+              {"label": "peer", "speed": 400.0, "score": 80.1, "group": "peer"}]
+    path = plot_tradeoff(points, tmp_path / "t.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no points"):
+        plot_tradeoff([], tmp_path / "u.png")

@@ -1,4 +1,4 @@
-"""Plots of STS results: grouped bar charts (``report.compare``) and score-vs-step curves."""
+"""Plots of STS results: grouped bar charts (``report.compare``), score-vs-step curves, quality against speed."""
 
 from __future__ import annotations
 
@@ -61,5 +61,40 @@ def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METR
         ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     elif len(lines) > 1:
         ax.legend(fontsize="small")
+    figure.tight_layout()
+    return _save_png(figure, Path(path))
+
+
+def plot_tradeoff(points: Sequence[dict], path: str | Path, *, xlabel: str = "sentences/s",
+                  ylabel: str = "mean STS Spearman x100") -> Path:
+    """Quality against speed: one marker per (model, precision), labelled, speed on a log axis.
+
+    Args:
+        points: dicts with ``label``, ``speed`` (x), ``score`` (y) and optional ``group`` (one colour and
+            legend entry per group, e.g. "embedtune fp32", "peer bf16").
+        path: PNG file to write (atomically).
+
+    Raises:
+        ValueError: no points.
+        ImportError: matplotlib is missing (install the ``plot`` extra).
+    """
+    if not points:
+        raise ValueError("plot_tradeoff: no points")
+    figure = _figure(7.5, 4.8)
+    ax = figure.add_subplot(1, 1, 1)
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(str(p.get("group", "")), []).append(p)
+    for group, members in groups.items():
+        ax.scatter([p["speed"] for p in members], [p["score"] for p in members], label=group or None, s=40)
+        for p in members:
+            ax.annotate(str(p["label"]), (p["speed"], p["score"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize="x-small")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    if any(groups):
+        ax.legend(fontsize="small", loc="lower left")
     figure.tight_layout()
     return _save_png(figure, Path(path))

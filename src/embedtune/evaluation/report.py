@@ -116,6 +116,7 @@ def embedder_meta(embedder: Any, **extra: Any) -> dict[str, Any]:
         "pooling": getattr(embedder, "pooling", None),
         "prompt": getattr(embedder, "prompt", None),
         "max_length": getattr(embedder, "max_length", None),
+        "num_layers": getattr(embedder, "num_layers", None),
         "dtype": dtype,
         "autocast": getattr(embedder, "autocast", None),
     }

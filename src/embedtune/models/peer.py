@@ -183,6 +183,12 @@ class PeerEncoder:
                 return "+".join(map(str, mode)) if isinstance(mode, (list, tuple)) else str(mode)
         return "model"
 
+    @property
+    def num_layers(self) -> int | None:
+        """Layers of the peer's transformer (None when its config does not say)."""
+        config = getattr(getattr(self.model[0], "auto_model", None), "config", None)
+        return getattr(config, "num_hidden_layers", None)
+
     prompt = None
 
     def settings(self) -> dict[str, Any]:
