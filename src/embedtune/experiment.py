@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,13 +202,16 @@ def expand_cells(spec: ExperimentSpec) -> list[Cell]:
     return list(dict.fromkeys(cells))
 
 
-def _evaluate(embedder, out: Path, spec: ExperimentSpec, data_dir: str | None, label: str, extra: dict) -> dict:
-    """Evaluate on the configured benchmarks unless ``out/results.json`` already exists (resume)."""
+def _evaluate(load: Callable[[], Any], out: Path, spec: ExperimentSpec, data_dir: str | None, label: str,
+              extra: dict) -> dict:
+    """Evaluate ``load()`` on the configured benchmarks unless ``out/results.json`` already exists (resume:
+    then no model is loaded)."""
     from .evaluation.report import embedder_meta, load_results, results_payload, write_results
     from .evaluation.sts import evaluate_sts
 
     if (out / "results.json").is_file():
         return load_results(out)
+    embedder = load()
     embedder.autocast = spec.eval_autocast
     start = time.perf_counter()
     scores = evaluate_sts(embedder, spec.eval_tasks, data_dir=data_dir, batch_size=spec.eval_batch_size,
@@ -317,9 +321,8 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     record["base"] = None
     if spec.eval_base:
         if not (base_dir / "results.json").is_file():
-            base = Embedder.from_config(cfg.model)
-            _evaluate(base, base_dir, spec, cfg.data.data_dir, f"base {cell.base_key}", {"run": None})
-            del base
+            _evaluate(lambda: Embedder.from_config(cfg.model), base_dir, spec, cfg.data.data_dir,
+                      f"base {cell.base_key}", {"run": None})
         record["base"] = load_results(base_dir)
 
     summary = run_dir / "train_summary.json"
@@ -329,17 +332,14 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     curve = run_dir / "curve.json"
     record["curve"] = json.loads(curve.read_text(encoding="utf-8")) if curve.is_file() else []
 
-    tuned = Embedder.load(run_dir)
-    record["final"] = _evaluate(tuned, cell_dir / "eval_final", spec, cfg.data.data_dir, f"{cell.name} final",
-                                {"run": str(run_dir)})
-    del tuned
+    record["final"] = _evaluate(lambda: Embedder.load(run_dir), cell_dir / "eval_final", spec, cfg.data.data_dir,
+                                f"{cell.name} final", {"run": str(run_dir)})
     if spec.eval_best and record["train"].get("best_step") == record["train"].get("steps"):
         # The best dev score came at the last step: the best checkpoint holds the final weights.
         record["best"] = {**record["final"], "meta": {**record["final"]["meta"], "same_weights_as": "final"}}
     elif spec.eval_best and (run_dir / "best" / "embedtune.json").is_file():
-        best = Embedder.load(run_dir / "best")
-        record["best"] = _evaluate(best, cell_dir / "eval_best", spec, cfg.data.data_dir, f"{cell.name} best",
-                                   {"run": str(run_dir / "best")})
+        record["best"] = _evaluate(lambda: Embedder.load(run_dir / "best"), cell_dir / "eval_best", spec,
+                                   cfg.data.data_dir, f"{cell.name} best", {"run": str(run_dir / "best")})
     return record
 
 

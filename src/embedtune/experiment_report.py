@@ -22,6 +22,8 @@ def _label(cell: dict[str, Any], key: str) -> str:
     if key == "data.hard_negatives":
         return "with hard negatives" if value else "without hard negatives"
     name = key.rsplit(".", 1)[-1]
+    if value is None:
+        value = "recipe default"
     if isinstance(value, list):
         value = ",".join(map(str, value))
     return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
