@@ -70,6 +70,12 @@ class StsData:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def head(self, n: int | None) -> StsData:
+        """The first ``n`` pairs (all of them when ``n`` is None or not smaller)."""
+        if n is None or n >= len(self):
+            return self
+        return StsData(self.name, self.sentences1[:n], self.sentences2[:n], self.scores[:n], self.source)
+
 
 def find_data_dir(data_dir: str | Path | None = None) -> Path:
     """The data folder: the argument, else ``$EMBEDTUNE_DATA``, else ``../shared/data`` (from the current

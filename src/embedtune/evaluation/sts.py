@@ -113,9 +113,7 @@ def evaluate_sts(
     names = resolve_task_names(tasks)
     for name in tqdm(names, desc="STS", unit="task", disable=not show_progress or len(names) == 1):
         data = load_sts(name, data_dir, variant)
-        if max_pairs is not None and max_pairs < len(data):
-            data = StsData(data.name, data.sentences1[:max_pairs], data.sentences2[:max_pairs],
-                           data.scores[:max_pairs], data.source)
+        data = data.head(max_pairs)
 
         def encode(texts: list[str]) -> np.ndarray:
             return embedder.encode(texts, batch_size=batch_size, show_progress=show_progress)

@@ -14,13 +14,14 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from transformers import get_cosine_schedule_with_warmup
 
 from ..config import RunConfig
 from ..io import write_text_atomic
@@ -47,18 +48,6 @@ class TrainResult:
     best_score: float | None
     seconds: float
     examples: int
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def make_autocast(precision: str, device: torch.device) -> tuple[Callable[[], Any], str]:
@@ -150,6 +139,51 @@ def hold_frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
     return count
 
 
+@dataclass
+class LoopState:
+    """What the loop carries from step to step; all but ``step`` and ``last_loss`` is checkpointed."""
+
+    step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "fp32"
+    last_loss: float = float("nan")
+
+    def saved(self) -> dict[str, Any]:
+        """The part a checkpoint stores (``save_checkpoint`` adds the step)."""
+        return {"best_score": self.best_score, "best_step": self.best_step, "curve": self.curve,
+                "precision": self.precision}
+
+
+@dataclass
+class TrainingSetup:
+    """Everything the loop needs, built once by :func:`setup_training`."""
+
+    cfg: RunConfig
+    out: Path
+    device: torch.device
+    examples: list
+    data_report: dict[str, Any]
+    kinds: list[bool]  # per example: trained with its hard negative (True) or as a pair (False)
+    lengths: list[int] | None  # for length-grouped batches
+    steps_per_epoch: int
+    total: int
+    embedder: Embedder
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast: Callable[[], Any]
+    scaler: torch.amp.GradScaler | None
+    dev_data: Any  # the dev StsData on rank 0 when evaluating, else None
+    metrics: MetricsLogger | None = None
+    epoch_cache: dict[int, list[list[int]]] = field(default_factory=dict)  # the current epoch's batches
+
+    @property
+    def local_batch(self) -> int:
+        return self.cfg.train.batch_size // dist.world_size()
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -163,7 +197,8 @@ def train(
     Args:
         cfg: the run's configuration (see :mod:`embedtune.config`).
         examples: training examples (anchor/positive/negative); default: read ``cfg.data`` files.
-        embedder: a prepared embedder (tests); default: built from ``cfg.model`` and ``cfg.lora``.
+        embedder: a prepared embedder (tests); default: built from ``cfg.model`` and ``cfg.lora``. Under
+            bf16/fp16 training with ``train.frozen_half`` its frozen weights are cast to that type.
         show_progress: tqdm bar with loss, lr, triplets/s and ETA.
         stop_after: stop (as if interrupted) after this many steps of this call — for tests of resume.
 
@@ -175,14 +210,45 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    run = setup_training(cfg, examples, embedder)
+    state = resume_state(run)
+    run.metrics = MetricsLogger(run.out, enabled=dist.is_main(), append=state.step > 0)
+    evaluating = cfg.train.eval_every > 0
+    if state.step == 0 and evaluating:
+        evaluate_dev(run, state)
+
+    run.embedder.train()
+    total, end = run.total, run.total if stop_after is None else min(run.total, state.step + stop_after)
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step",
+               disable=not (show_progress and dist.is_main()), dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    for step in range(state.step, end):
+        loss, grad_norm = training_step(run, state, step)
+        state.step, state.last_loss, seen = step + 1, loss, seen + cfg.train.batch_size
+        rate = seen / (time.perf_counter() - t0)
+        lr = run.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", trip_s=f"{rate:.1f}")
+        bar.update(1)
+        if state.step % cfg.train.log_every == 0 or state.step == total:
+            run.metrics.log({"step": state.step, "epoch": state.step / run.steps_per_epoch, "loss": loss, "lr": lr,
+                             "grad_norm": grad_norm, "triplets_per_s": rate, "elapsed_s": time.perf_counter() - t0})
+        if evaluating and (state.step % cfg.train.eval_every == 0 or state.step == total):
+            evaluate_dev(run, state)
+        if cfg.train.save_every > 0 and state.step % cfg.train.save_every == 0 and state.step < total:
+            save_training_checkpoint(run, state)
+    bar.close()
+    return finish_training(run, state, end, time.perf_counter() - t0)
+
+
+def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | None) -> TrainingSetup:
+    """Process group, data, model with LoRA, optimizer, schedule and precision of a run."""
     tc = cfg.train
     out = Path(tc.output_dir)
     device = torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
     dist.init_from_env(device.type)
-    world, rank = dist.world_size(), dist.rank()
-    if tc.batch_size % world:
-        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes ({world})")
-    local_b = tc.batch_size // world
+    if tc.batch_size % dist.world_size():
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes "
+                         f"({dist.world_size()})")
     if tc.mini_batch_size is not None and tc.mini_batch_size < 1:
         raise ValueError(f"train.mini_batch_size must be >= 1 or null, got {tc.mini_batch_size}")
     _seed_everything(tc.seed)
@@ -201,160 +267,158 @@ def train(
                  kinds.count(True), kinds.count(False), kinds.count(True) // tc.batch_size,
                  kinds.count(False) // tc.batch_size)
     total = tc.max_steps if tc.max_steps is not None else max(1, int(tc.epochs * steps_per_epoch))
+    lengths = ([len(e.anchor) + len(e.positive) + len(e.negative or "") for e in examples]
+               if cfg.data.group_by_length else None)
 
-    if embedder is None:
-        embedder = build_embedder(cfg, device)
-    embedder.to(device)
+    embedder = (embedder or build_embedder(cfg, device)).to(device)
     params = trainable_parameters(embedder)
     if not params:
         raise ValueError("the model has no trainable parameters (LoRA disabled and weights frozen?)")
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = cosine_schedule(optimizer, tc.warmup_steps, total)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, total)
     autocast, precision = make_autocast(tc.precision, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if tc.frozen_half and precision in ("bf16", "fp16"):
         if hold_frozen_linears_in(embedder, AUTOCAST_DTYPES[precision]):
             embedder.autocast = precision  # dev evaluation: the frozen weights are in that type now
-    lengths = [len(e.anchor) + len(e.positive) + len(e.negative or "") for e in examples] \
-        if cfg.data.group_by_length else None
+    return TrainingSetup(cfg, out, device, examples, data_report, kinds, lengths, steps_per_epoch, total, embedder,
+                         params, optimizer, scheduler, autocast, scaler, dev_data(cfg))
 
-    state: dict[str, Any] = {"best_score": None, "best_step": None, "curve": [], "precision": precision}
-    start = 0
-    resume = resolve_resume(tc.resume, out)
+
+def resume_state(run: TrainingSetup) -> LoopState:
+    """A fresh loop state, or the one of the checkpoint ``train.resume`` names (weights, optimizer, schedule
+    and RNG restored); writes the run's config.yaml."""
+    state = LoopState(precision=make_autocast(run.cfg.train.precision, run.device)[1])
+    resume = resolve_resume(run.cfg.train.resume, run.out)
     if resume is not None:
-        state.update(load_checkpoint(resume, embedder, optimizer, scheduler))
-        start = state["step"]
-        log.info("resumed from %s at step %d", resume, start)
+        saved = load_checkpoint(resume, run.embedder, run.optimizer, run.scheduler)
+        state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+        log.info("resumed from %s at step %d", resume, state.step)
     if dist.is_main():
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text_atomic(run.out / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False))
+    return state
 
-    metrics = MetricsLogger(out, enabled=dist.is_main(), append=start > 0)
-    tt = embedder.text_tokenizer
-    dev_eval = _dev_evaluator(cfg, embedder)
-    evaluating = tc.eval_every > 0
-    if start == 0 and evaluating:
-        _evaluate(0, dev_eval, embedder, state, out, metrics, cfg.eval.batch_size)
 
-    embedder.train()
-    order_cache: dict[int, list[list[int]]] = {}
-    last_loss, t0, seen = float("nan"), time.perf_counter(), 0
-    end = total if stop_after is None else min(total, start + stop_after)
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (show_progress and dist.is_main()),
-               dynamic_ncols=True)
-    for step in range(start, end):
-        epoch, k = divmod(step, steps_per_epoch)
-        if epoch not in order_cache:
-            order_cache = {epoch: epoch_batches(kinds, epoch, tc.seed, lengths, tc.batch_size)}
-        idx = order_cache[epoch][k][rank * local_b : (rank + 1) * local_b]
-        rows = [examples[i] for i in idx]
-        batch = ContrastiveBatch(
-            tt.ids([e.anchor for e in rows]),
-            tt.ids([e.positive for e in rows]),
-            tt.ids([e.negative for e in rows]) if kinds[idx[0]] else None,
+def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[float, float]:
+    """One optimizer step on the batch of ``step``; returns the global loss and the gradient norm.
+
+    Raises:
+        TrainingDivergedError: the loss or the gradient is not finite (the last good state is saved first).
+    """
+    tc = run.cfg.train
+    batch = batch_of_step(run, step)
+    torch.manual_seed(tc.seed * 1_000_003 + dist.rank() * 10_007 + step)  # dropout RNG of this step and rank
+    loss = contrastive_step(
+        run.embedder, run.embedder.text_tokenizer.pad, batch, temperature=tc.temperature,
+        mini_batch_size=tc.mini_batch_size, autocast=run.autocast, device=run.device,
+        loss_scale=run.scaler.get_scale() if run.scaler else 1.0,
+    )
+    dist.average_gradients(run.params)
+    loss = dist.all_reduce_mean(loss, run.device)
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, tc.max_grad_norm or float("inf"))
+    if not math.isfinite(loss) or (run.scaler is None and not torch.isfinite(grad_norm)):
+        run.optimizer.zero_grad(set_to_none=True)
+        kept = _keep_last_good(run, state, step)
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: loss {loss}, gradient norm {float(grad_norm)}; "
+            f"the last good state is kept in {kept}. Lower train.lr or use train.precision=fp32."
         )
-        torch.manual_seed(tc.seed * 1_000_003 + rank * 10_007 + step)  # dropout RNG of this step and rank
-        loss = contrastive_step(
-            embedder, tt.pad, batch, temperature=tc.temperature, mini_batch_size=tc.mini_batch_size,
-            autocast=autocast, device=device, loss_scale=scaler.get_scale() if scaler else 1.0,
-        )
-        dist.average_gradients(params)
-        loss = dist.all_reduce_mean(loss, device)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm or float("inf"))
-        if not math.isfinite(loss) or (scaler is None and not torch.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
-            kept = _keep_last_good(out, step, embedder, optimizer, scheduler, state, cfg)
-            bar.close()
-            raise TrainingDivergedError(
-                f"training diverged at step {step}: loss {loss}, gradient norm {float(grad_norm)}; "
-                f"the last good state is kept in {kept}. Lower train.lr or use train.precision=fp32."
-            )
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss, seen = loss, seen + tc.batch_size
-        done = step + 1
-        rate = seen / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", trip_s=f"{rate:.1f}")
-        bar.update(1)
-        if done % tc.log_every == 0 or done == total:
-            metrics.log({"step": done, "epoch": done / steps_per_epoch, "loss": loss,
-                         "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                         "triplets_per_s": rate, "elapsed_s": time.perf_counter() - t0})
-        if evaluating and (done % tc.eval_every == 0 or done == total):
-            _evaluate(done, dev_eval, embedder, state, out, metrics, cfg.eval.batch_size)
-        if tc.save_every > 0 and done % tc.save_every == 0 and done < total:
-            _checkpoint(out, done, embedder, optimizer, scheduler, state, cfg)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    if end < total:  # interrupted on purpose (stop_after): leave a checkpoint to resume from
-        _checkpoint(out, end, embedder, optimizer, scheduler, state, cfg)
+    if run.scaler is not None:  # fp16: skips the step when the scaled gradients overflowed
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, float(grad_norm)
+
+
+def batch_of_step(run: TrainingSetup, step: int) -> ContrastiveBatch:
+    """This process's share of the global batch of ``step`` (a pure function of seed, epoch and step)."""
+    epoch, k = divmod(step, run.steps_per_epoch)
+    batches = _epoch_batches_cached(run, epoch)
+    b, r = run.local_batch, dist.rank()
+    idx = batches[k][r * b : (r + 1) * b]
+    rows = [run.examples[i] for i in idx]
+    tt = run.embedder.text_tokenizer
+    return ContrastiveBatch(
+        tt.ids([e.anchor for e in rows]),
+        tt.ids([e.positive for e in rows]),
+        tt.ids([e.negative for e in rows]) if run.kinds[idx[0]] else None,
+    )
+
+
+def _epoch_batches_cached(run: TrainingSetup, epoch: int) -> list[list[int]]:
+    cache = run.epoch_cache
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = epoch_batches(run.kinds, epoch, run.cfg.train.seed, run.lengths, run.cfg.train.batch_size)
+    return cache[epoch]
+
+
+def finish_training(run: TrainingSetup, state: LoopState, end: int, seconds: float) -> TrainResult:
+    """Save the adapter and train_summary.json (or, when stopped early on purpose, a checkpoint)."""
+    if end < run.total:  # interrupted on purpose (stop_after): leave a checkpoint to resume from
+        save_training_checkpoint(run, state)
     elif dist.is_main():
-        embedder.eval()
-        embedder.save(out)
-        summary = {"steps": total, "examples": len(examples), "final_loss": last_loss, "seconds_this_call": seconds,
-                   "world_size": world, "precision": precision, "data": data_report,
-                   "best_step": state["best_step"], "best_score": state["best_score"]}
-        write_text_atomic(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
-    metrics.close()
+        run.embedder.eval()
+        run.embedder.save(run.out)
+        summary = {"steps": run.total, "examples": len(run.examples), "final_loss": state.last_loss,
+                   "seconds_this_call": seconds, "world_size": dist.world_size(), "precision": state.precision,
+                   "data": run.data_report, "best_step": state.best_step, "best_score": state.best_score}
+        write_text_atomic(run.out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    run.metrics.close()
     dist.barrier()
-    return TrainResult(str(out), end, last_loss, state["best_step"], state["best_score"], seconds, len(examples))
+    return TrainResult(str(run.out), end, state.last_loss, state.best_step, state.best_score, seconds,
+                       len(run.examples))
 
 
-def _checkpoint(out, step, embedder, optimizer, scheduler, state, cfg) -> Path | None:
+def save_training_checkpoint(run: TrainingSetup, state: LoopState) -> Path | None:
+    """``checkpoints/step-N`` of the current state (rank 0 writes; every rank waits for it)."""
     if not dist.is_main():
         dist.barrier()
         return None
-    path = save_checkpoint(out, step, embedder, optimizer, scheduler, _public(state), cfg.to_dict(),
-                           keep=cfg.train.keep_checkpoints)
+    path = save_checkpoint(run.out, state.step, run.embedder, run.optimizer, run.scheduler, state.saved(),
+                           run.cfg.to_dict(), keep=run.cfg.train.keep_checkpoints)
     dist.barrier()
     return path
 
 
-def _keep_last_good(out, step, embedder, optimizer, scheduler, state, cfg) -> Path | None:
+def _keep_last_good(run: TrainingSetup, state: LoopState, step: int) -> Path | None:
     """On divergence the parameters are still those before the bad step: save them unless already saved."""
     from .checkpoint import list_checkpoints
 
-    existing = [p for p in list_checkpoints(out) if p.name == f"step-{step}"]
+    existing = [p for p in list_checkpoints(run.out) if p.name == f"step-{step}"]
     if existing:
         return existing[0]
-    return _checkpoint(out, step, embedder, optimizer, scheduler, state, cfg) if step > 0 else None
+    return save_training_checkpoint(run, state) if step > 0 else None
 
 
-def _public(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k != "step"}
-
-
-def _dev_evaluator(cfg: RunConfig, embedder: Embedder):
-    """Load the dev set once (rank 0 only); None when evaluation is off."""
+def dev_data(cfg: RunConfig):
+    """The dev set the loop scores (rank 0 only, cut to ``train.eval_max_pairs``); None when evaluation is off."""
     if cfg.train.eval_every <= 0 or not dist.is_main():
         return None
     from ..data.sts import load_sts_file_or_task
 
     data = load_sts_file_or_task(cfg.train.eval_task, cfg.data.data_dir, cfg.eval.variant)
-    if cfg.train.eval_max_pairs is not None:
-        n = cfg.train.eval_max_pairs
-        data = type(data)(data.name, data.sentences1[:n], data.sentences2[:n], data.scores[:n], data.source)
-    return data
+    return data.head(cfg.train.eval_max_pairs)
 
 
-def _evaluate(step: int, data, embedder: Embedder, state: dict, out: Path, metrics: MetricsLogger,
-              batch_size: int) -> None:
-    """Score the dev set (rank 0; ``data`` is None elsewhere), keep the best adapter, update the curve."""
+def evaluate_dev(run: TrainingSetup, state: LoopState) -> None:
+    """Score the dev set (rank 0), keep the best adapter in ``best/``, update the curve; every rank waits."""
     from ..evaluation.sts import score_sts
 
+    data = run.dev_data
     if data is not None:
-        scores = score_sts(data, lambda texts: embedder.encode(texts, batch_size=batch_size))
-        point = {"step": step, **{k: v for k, v in asdict(scores).items() if k != "task"}, "task": data.name}
-        state["curve"].append(point)
-        metrics.log({"step": step, "dev_" + data.name: scores.cosine_spearman})
-        if step > 0 and (state["best_score"] is None or scores.cosine_spearman > state["best_score"]):
-            state["best_score"], state["best_step"] = scores.cosine_spearman, step
-            embedder.save(out / "best")
-        write_curve(out, state["curve"])
+        batch_size = run.cfg.eval.batch_size
+        scores = score_sts(data, lambda texts: run.embedder.encode(texts, batch_size=batch_size))
+        point = {"step": state.step, **{k: v for k, v in asdict(scores).items() if k != "task"}, "task": data.name}
+        state.curve.append(point)
+        run.metrics.log({"step": state.step, "dev_" + data.name: scores.cosine_spearman})
+        if state.step > 0 and (state.best_score is None or scores.cosine_spearman > state.best_score):
+            state.best_score, state.best_step = scores.cosine_spearman, state.step
+            run.embedder.save(run.out / "best")
+        write_curve(run.out, state.curve)
     dist.barrier()
