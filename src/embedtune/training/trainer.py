@@ -311,7 +311,8 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
     loss = contrastive_step(
         run.embedder, run.embedder.text_tokenizer.pad, batch, temperature=tc.temperature,
         mini_batch_size=tc.mini_batch_size, autocast=run.autocast, device=run.device,
-        loss_scale=run.scaler.get_scale() if run.scaler else 1.0,
+        # scaler.scale, not get_scale: it also creates the scaler's state, without which unscale_ fails
+        loss_scale=float(run.scaler.scale(torch.ones((), device=run.device))) if run.scaler else 1.0,
     )
     dist.average_gradients(run.params)
     loss = dist.all_reduce_mean(loss, run.device)
