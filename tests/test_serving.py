@@ -6,6 +6,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
+from serving_helpers import TIMEOUT
 
 from embedtune.models.embedder import Embedder
 from embedtune.serving import create_app, running_server
@@ -65,20 +66,21 @@ def test_openai_client_gets_embedder_vectors(server, embedder):
 ])
 def test_bad_requests_get_openai_errors_and_server_keeps_serving(server, body, status, code):
     url, _ = server
-    r = httpx.post(f"{url}/v1/embeddings", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    r = httpx.post(f"{url}/v1/embeddings", content=body, headers={**AUTH, "Content-Type": "application/json"},
+                   timeout=TIMEOUT)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"] and set(err) == {"message", "type", "param", "code"}
     if code == "input_too_long":
         assert err["param"] == "input[1]" and "input[1]" in err["message"]
-    ok = httpx.post(f"{url}/v1/embeddings", json={"input": "dog", "model": "tiny"}, headers=AUTH)
+    ok = httpx.post(f"{url}/v1/embeddings", json={"input": "dog", "model": "tiny"}, headers=AUTH, timeout=TIMEOUT)
     assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 32
 
 
 def test_truncation_only_when_asked(server, embedder):
     url, _ = server
     long = "the dog the cat the dog the cat the dog the cat"
-    r = httpx.post(f"{url}/v1/embeddings", json={"input": [long], "truncate": True}, headers=AUTH)
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": [long], "truncate": True}, headers=AUTH, timeout=TIMEOUT)
     assert r.status_code == 200
     np.testing.assert_allclose(r.json()["data"][0]["embedding"], embedder.encode([long])[0], atol=1e-6)
     assert r.json()["usage"]["prompt_tokens"] == 12
@@ -87,11 +89,11 @@ def test_truncation_only_when_asked(server, embedder):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}])
 def test_api_key_required(server, headers):
     url, _ = server
-    r = httpx.post(f"{url}/v1/embeddings", json={"input": "dog"}, headers=headers)
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": "dog"}, headers=headers, timeout=TIMEOUT)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
-    assert httpx.get(f"{url}/health").json()["status"] == "ok"  # health stays open for probes
-    assert httpx.post(f"{url}/v1/embeddings", json={"input": "dog"}, headers=AUTH).status_code == 200
+    assert httpx.get(f"{url}/v1/models", headers=headers, timeout=TIMEOUT).status_code == 401
+    assert httpx.get(f"{url}/health", timeout=TIMEOUT).json()["status"] == "ok"  # health stays open for probes
+    assert httpx.post(f"{url}/v1/embeddings", json={"input": "dog"}, headers=AUTH, timeout=TIMEOUT).status_code == 200
 
 
 def test_concurrent_requests_share_a_batch(server, embedder):
@@ -121,9 +123,9 @@ def test_concurrent_requests_share_a_batch(server, embedder):
 
 def test_unknown_route_gets_json_error(server):
     url, _ = server
-    r = httpx.get(f"{url}/v1/nothing", headers=AUTH)
+    r = httpx.get(f"{url}/v1/nothing", headers=AUTH, timeout=TIMEOUT)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    assert httpx.get(f"{url}/v1/embeddings", headers=AUTH).status_code == 405
+    assert httpx.get(f"{url}/v1/embeddings", headers=AUTH, timeout=TIMEOUT).status_code == 405
 
 
 def test_load_model_picks_run_folder_or_base(tiny_llama, tmp_path):
@@ -230,12 +232,12 @@ def test_a_failing_packed_pass_falls_back_to_padded_passes(embedder, monkeypatch
 
 def test_server_packs_batches_and_can_be_told_not_to(embedder, server):
     url, app = server
-    assert app.state.batcher.packing and httpx.get(f"{url}/health").json()["packing"] is True
+    assert app.state.batcher.packing and httpx.get(f"{url}/health", timeout=TIMEOUT).json()["packing"] is True
     plain = create_app(embedder, model_name="tiny", packing=False)
     assert plain.state.batcher.packing is False
     with running_server(plain) as plain_url:
-        assert httpx.get(f"{plain_url}/health").json()["packing"] is False
-        r = httpx.post(f"{plain_url}/v1/embeddings", json={"input": TEXTS})
+        assert httpx.get(f"{plain_url}/health", timeout=TIMEOUT).json()["packing"] is False
+        r = httpx.post(f"{plain_url}/v1/embeddings", json={"input": TEXTS}, timeout=TIMEOUT)
     got = np.array([d["embedding"] for d in r.json()["data"]])
     np.testing.assert_allclose(got, embedder.encode(TEXTS), atol=1e-5)
 
@@ -247,8 +249,8 @@ def test_autocast_serving_matches_autocast_encode(tiny_llama):
     assert fast.autocast == "bf16"
     app = create_app(fast, model_name=name)
     with running_server(app) as url:
-        assert httpx.get(f"{url}/health").json()["autocast"] == "bf16"
-        r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS})
+        assert httpx.get(f"{url}/health", timeout=TIMEOUT).json()["autocast"] == "bf16"
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}, timeout=TIMEOUT)
     got = np.array([d["embedding"] for d in r.json()["data"]])
     # the server packed the request: compare with the same packed pass in process (bf16 results depend on
     # the shapes of the products, so a padded pass may differ in the last bits)

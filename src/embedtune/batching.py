@@ -2,9 +2,14 @@
 
 One worker thread owns the model. Request handlers tokenize their texts (on the one tokenization path,
 :class:`~embedtune.data.collate.TextTokenizer`) and queue the id rows; the worker takes the first waiting
-request, keeps collecting until ``max_batch_size`` rows or ``batch_timeout_ms`` have passed, embeds all
-rows and resolves each request's future with its slice. While a forward pass runs, new requests queue up,
-so under load batches fill without waiting; the timeout only matters when traffic is light.
+request, keeps collecting until ``max_batch_size`` rows or ``batch_timeout_ms`` have passed, embeds the
+rows and resolves each request's future once all its rows are embedded. While a forward pass runs, new
+requests queue up, so under load batches fill without waiting; the timeout only matters when traffic is light.
+
+No request can hold the model for long: a pass takes at most ``max_batch_size`` rows, shared fairly among
+the requests in progress (:func:`fair_shares`), and requests that arrive meanwhile join the next pass. A
+request of 2,048 texts is embedded over many passes, and a one-sentence request that arrives during them is
+answered after one pass, not after all of them.
 
 A batch holds whatever arrived together, texts of any lengths. Padded to its longest row it wastes compute
 on padding; so, when the model allows it, the rows are packed end to end into one sequence whose attention
@@ -136,10 +141,42 @@ class BatchStats:
     recent: deque = field(default_factory=lambda: deque(maxlen=256))  # rows per request, one tuple per batch
 
 
+def fair_shares(remaining: Sequence[int], capacity: int) -> list[int]:
+    """Rows each request gets in a pass of ``capacity`` rows, given the rows each has ``remaining``.
+
+    Water-filling: requests needing less than an equal share get all they need, and what they leave is split
+    equally among the larger ones, so every request that fits its share finishes in this pass and a large
+    one still progresses. With more requests than capacity, the earliest (ties keep the given order) get
+    one row each."""
+    shares = [0] * len(remaining)
+    left = capacity
+    order = sorted(range(len(remaining)), key=lambda i: remaining[i])
+    for k, i in enumerate(order):
+        if left <= 0:
+            break
+        shares[i] = min(remaining[i], max(1, left // (len(order) - k)))
+        left -= shares[i]
+    return shares
+
+
 @dataclass
 class _Job:
     rows: Sequence[Sequence[int]]
     future: Future
+    order: list[int] = field(default_factory=list)  # rows longest first: a large request's passes pad little
+    done: int = 0  # rows of ``order`` embedded so far
+    vectors: np.ndarray | None = None  # (len(rows), D), filled pass by pass
+    started: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return len(self.rows) - self.done
+
+    def start(self) -> bool:
+        """Mark the future running before the first pass; False if the client cancelled it first."""
+        if not self.started:
+            self.started = self.future.set_running_or_notify_cancel()
+        return self.started
 
 
 class MicroBatcher:
@@ -186,7 +223,7 @@ class MicroBatcher:
                 self._thread.start()
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Finish the queued requests, then stop the worker."""
+        """Finish the queued requests, then stop the worker (a request queued after that fails)."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
@@ -195,6 +232,7 @@ class MicroBatcher:
 
     @property
     def pending(self) -> int:
+        """Requests queued and not yet taken into a pass."""
         return self._queue.qsize()
 
     def submit(self, rows: Sequence[Sequence[int]]) -> Future:
@@ -202,37 +240,55 @@ class MicroBatcher:
         if self._thread is None:
             raise RuntimeError("the batcher is not running; call start() first")
         future: Future = Future()
-        self._queue.put(_Job(rows, future))
+        if not rows:
+            future.set_result(np.zeros((0, self.embedder.dim), dtype=np.float32))
+            return future
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        self._queue.put(_Job(rows, future, order))
         return future
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """The first job plus whatever arrives before the batch is full or the timeout passes."""
-        jobs, size, stop = [first], len(first.rows), False
-        deadline = time.monotonic() + self.batch_timeout
-        while size < self.max_batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
+    def _gather(self, active: list[_Job]) -> bool:
+        """Add queued requests to ``active``; True once :meth:`close` was called.
+
+        Idle (``active`` empty): block for the first request, then wait up to the batch timeout for more
+        until a pass is full. Busy: take only what is queued already; it joins the next pass."""
+        deadline = None
+        if not active:
+            job = self._queue.get()
             if job is None:
-                stop = True
-                break
-            jobs.append(job)
-            size += len(job.rows)
-        return jobs, stop
+                return True
+            active.append(job)
+            deadline = time.monotonic() + self.batch_timeout
+        size = sum(j.remaining for j in active)
+        while True:
+            wait = deadline - time.monotonic() if deadline is not None and size < self.max_batch_size else 0
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            active.append(job)
+            size += job.remaining
 
     def _run(self) -> None:
+        active: list[_Job] = []
         stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
+        while True:
+            stop = stop or self._gather(active)
+            # A client that went away cancelled its future before its first pass: skip its rows.
+            active[:] = [j for j in active if j.start()]
+            if active:
+                self._pass(active)
+            elif stop:
                 break
-            jobs, stop = self._collect(first)
-            # A client that went away cancelled its future: skip its rows.
-            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-            if jobs:
-                self._embed(jobs)
+        while True:  # submitted after close(): fail rather than leave a caller waiting forever
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.start():
+                job.future.set_exception(RuntimeError("the batcher was closed"))
 
     def embed_batch(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed one batch of id rows as the worker does: float32 (N, D) in order. The passes are packed or
@@ -258,24 +314,34 @@ class MicroBatcher:
             vectors[idx] = self.embedder.encode_ids([rows[i] for i in idx], batch_size=len(idx))
         return vectors
 
-    def _embed(self, jobs: list[_Job]) -> None:
-        rows = [r for j in jobs for r in j.rows]
+    def _pass(self, active: list[_Job]) -> None:
+        """One pass over fair shares of the requests in ``active``; finished (or failed) ones leave it."""
+        shares = fair_shares([j.remaining for j in active], self.max_batch_size)
+        taken = [(j, j.order[j.done : j.done + n]) for j, n in zip(active, shares) if n]
+        rows = [j.rows[i] for j, idx in taken for i in idx]
         start = time.perf_counter()
         try:
-            vectors = self.embed_batch(rows)
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the worker goes on
+            vectors = self.embed_batch(rows)  # (N, D)
+        except Exception as exc:  # noqa: BLE001 - every request in the pass gets the error, the worker goes on
             log.exception("embedding a batch of %d rows failed", len(rows))
-            for j in jobs:
+            for j, _ in taken:
                 j.future.set_exception(exc)
+            active[:] = [j for j in active if not j.future.done()]
             return
         s = self.stats
         s.forward_seconds += time.perf_counter() - start
         s.batches += 1
         s.rows += len(rows)
-        s.requests += len(jobs)
-        s.max_requests_per_batch = max(s.max_requests_per_batch, len(jobs))
-        s.recent.append(tuple(len(j.rows) for j in jobs))
+        s.max_requests_per_batch = max(s.max_requests_per_batch, len(taken))
+        s.recent.append(tuple(len(idx) for _, idx in taken))
         offset = 0
-        for j in jobs:
-            j.future.set_result(np.ascontiguousarray(vectors[offset : offset + len(j.rows)]))
-            offset += len(j.rows)
+        for j, idx in taken:
+            if j.vectors is None:
+                j.vectors = np.empty((len(j.rows), vectors.shape[1]), dtype=np.float32)  # (n, D)
+            j.vectors[idx] = vectors[offset : offset + len(idx)]
+            offset += len(idx)
+            j.done += len(idx)
+            if not j.remaining:
+                s.requests += 1
+                j.future.set_result(j.vectors)
+        active[:] = [j for j in active if j.remaining]

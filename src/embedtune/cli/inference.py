@@ -228,24 +228,40 @@ def _add_serve(sub) -> None:
     p.add_argument("--packing", default="auto", choices=("auto", "on", "off"),
                    help="allow packed passes (texts end to end, no padding), taken per batch when cheaper than "
                         "padded ones (auto: when the model gives the same vectors packed; on: require it; off: never)")
+    _serve_limit_args(p)
     p.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto|float32|bfloat16|float16")
     p.add_argument("--autocast", default=None, choices=AUTOCAST_CHOICES, help=AUTOCAST_HELP)
     p.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
+def _serve_limit_args(p) -> None:
+    """One option per field of ServeLimits (the dataclass holds the defaults and the help)."""
+    from dataclasses import fields
+
+    from ..serving.guard import ServeLimits
+
+    for f in fields(ServeLimits):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"{f.metadata['help']} (default: {f.default:,})")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
-    from ..serving import create_app, load_model, resolve_api_key, serve
+    from ..serving import ServeLimits, create_app, load_model, resolve_api_key, serve
 
     api_key = resolve_api_key(args.api_key)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
     try:
+        limits = ServeLimits(**{f: getattr(args, f) for f in ServeLimits.__dataclass_fields__})
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
         embedder, name = load_model(args.model, device=args.device, dtype=args.dtype, autocast=args.autocast)
         app = create_app(embedder, model_name=args.model_name or name, api_key=api_key, max_inputs=args.max_inputs,
                          max_tokens_per_input=args.max_tokens_per_input, max_batch_size=args.max_batch_size,
                          batch_timeout_ms=args.batch_timeout_ms, truncate=args.truncate,
-                         packing={"auto": None, "on": True, "off": False}[args.packing])
+                         packing={"auto": None, "on": True, "off": False}[args.packing], limits=limits)
         print(f"serving {args.model_name or name} on http://{args.host}:{args.port}/v1/embeddings", file=sys.stderr)
         serve(app, host=args.host, port=args.port, log_level=args.log_level)
     except ImportError as exc:

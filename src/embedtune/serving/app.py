@@ -1,48 +1,44 @@
-"""An OpenAI-compatible embeddings server: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``.
+"""The FastAPI app: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``, and where each step runs.
 
-Every vector database and RAG framework speaks OpenAI's embeddings schema, so an embedtune model behind
-this server plugs into them unchanged. Requests are validated and tokenized on the event loop (one
-thread: fast tokenizers must not be shared across threads), then embedded by a
-:class:`~embedtune.batching.MicroBatcher` that joins concurrent requests into one forward pass.
+A request to ``/v1/embeddings`` goes through, in order:
 
-Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: 400 malformed JSON,
-401 missing or wrong API key, 404 unknown model or route, 413 too many inputs, 422 wrong types, empty
-input or an input over the token limit (named by index; truncation only when asked), 500 model failure.
-FastAPI and uvicorn are the ``serve`` extra and are imported only here.
+1. the API key (401), compared in constant time; a shutting-down server answers 503 here;
+2. the body, read with a size cap and a deadline (413, 408; :func:`~embedtune.serving.guard.read_body`);
+3. parsing, validation and the character bound (4xx; :mod:`~embedtune.serving.inputs`), on the event loop
+   for small bodies and in a worker thread for large ones;
+4. admission (503 with ``Retry-After`` when the queue is full; :class:`~embedtune.serving.guard.Admission`);
+5. tokenizing in a thread of its own (fast tokenizers must not be shared across threads), in chunks of a
+   few thousand characters, so a large request never holds up the event loop or other requests' tokens;
+6. embedding by the :class:`~embedtune.batching.MicroBatcher`, which shares each forward pass fairly
+   among the requests in progress.
+
+Each handler answers its own errors, so no exception reaches uvicorn: a 500 (the model failed; never the
+input) is a JSON body like any other error and the connection stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
-import os
+import logging
 import time
-from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
+from ..batching import MicroBatcher
+from ..models.embedder import Embedder
+from .guard import Admission, ServeLimits, read_body
+from .inputs import ApiError, TextLimits, bound_texts, format_vectors, parse_request, tokenize_checked
 
-from .batching import MicroBatcher
-from .models.embedder import CONFIG_NAME, Embedder
+log = logging.getLogger(__name__)
 
 SERVE_INSTALL_HINT = "pip install 'embedtune[serve]' (fastapi and uvicorn)"
-API_KEY_ENV = "EMBEDTUNE_API_KEY"
-
-
-class ApiError(Exception):
-    """An error answered with an OpenAI-style JSON body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+INLINE_BODY_BYTES = 64 * 1024  # larger bodies are parsed in a worker thread, off the event loop
+TOKENIZE_CHUNK_CHARS = 32 * 1024  # characters per tokenizer call: tens of milliseconds at most
+TOKENIZE_CHUNK_TEXTS = 64
 
 
 def _import_fastapi():
@@ -54,96 +50,21 @@ def _import_fastapi():
     return fastapi, responses
 
 
-# ---- request parsing ------------------------------------------------------------------------------------
-def parse_request(body: bytes, *, model_name: str, dim: int, max_inputs: int) -> dict[str, Any]:
-    """Validate an embeddings request body; returns ``texts``, ``encoding_format``, ``dimensions``, ``truncate``.
-
-    Raises:
-        ApiError: 400 for malformed JSON, 404 for another model, 413 for too many inputs, 422 otherwise.
-    """
-    try:
-        req = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(req, dict):
-        raise ApiError(422, "the request body must be a JSON object", code="invalid_type")
-    model = req.get("model", model_name)
-    if not isinstance(model, str):
-        raise ApiError(422, "'model' must be a string", param="model", code="invalid_type")
-    if model != model_name:
-        raise ApiError(404, f"model {model!r} is not served here; this server serves {model_name!r}",
-                       param="model", code="model_not_found")
-    if "input" not in req:
-        raise ApiError(422, "'input' is required: a string or a list of strings", param="input",
-                       code="missing_required_parameter")
-    texts = req["input"]
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list):
-        raise ApiError(422, f"'input' must be a string or a list of strings, not {type(texts).__name__}",
-                       param="input", code="invalid_type")
-    if not texts:
-        raise ApiError(422, "'input' is an empty list; send at least one string", param="input", code="empty_input")
-    if len(texts) > max_inputs:
-        raise ApiError(413, f"'input' has {len(texts)} items; this server takes at most {max_inputs} per request",
-                       param="input", code="too_many_inputs")
+def text_chunks(texts: list[str], max_chars: int = TOKENIZE_CHUNK_CHARS,
+                max_texts: int = TOKENIZE_CHUNK_TEXTS) -> list[tuple[int, int]]:
+    """``(start, end)`` spans of consecutive texts, each at most ``max_texts`` texts and about ``max_chars``
+    characters (a single longer text is a span of its own)."""
+    spans, start, chars = [], 0, 0
     for i, t in enumerate(texts):
-        if isinstance(t, (int, list)) and not isinstance(t, bool):
-            raise ApiError(422, f"input[{i}] is a token-id array; this server takes text only, send strings",
-                           param=f"input[{i}]", code="token_ids_not_supported")
-        if not isinstance(t, str):
-            raise ApiError(422, f"input[{i}] is a {type(t).__name__}; expected a string", param=f"input[{i}]",
-                           code="invalid_type")
-        if not t.strip():
-            raise ApiError(422, f"input[{i}] is empty or whitespace-only", param=f"input[{i}]", code="empty_input")
-    fmt = req.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise ApiError(422, f"'encoding_format' must be 'float' or 'base64', not {fmt!r}", param="encoding_format",
-                       code="invalid_value")
-    dims = req.get("dimensions")
-    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= dim):
-        raise ApiError(422, f"'dimensions' must be an integer from 1 to {dim} (this model's size), not {dims!r}",
-                       param="dimensions", code="invalid_value")
-    truncate = req.get("truncate", False)
-    if not isinstance(truncate, bool):
-        raise ApiError(422, "'truncate' must be true or false", param="truncate", code="invalid_type")
-    return {"texts": texts, "encoding_format": fmt, "dimensions": dims, "truncate": truncate}
+        if i > start and (chars + len(t) > max_chars or i - start >= max_texts):
+            spans.append((start, i))
+            start, chars = i, 0
+        chars += len(t)
+    if start < len(texts):
+        spans.append((start, len(texts)))
+    return spans
 
 
-def tokenize_checked(embedder: Embedder, texts: list[str], max_tokens: int, truncate: bool) -> list[list[int]]:
-    """Id rows (prompt applied, EOS last) through the Embedder's own tokenizer, within ``max_tokens``.
-
-    With ``truncate``, over-long texts are cut like ``Embedder.encode`` cuts them (EOS and a prompt's suffix
-    kept); without it, rows are made with a cap one above the limit, and a row that reaches it is refused.
-
-    Raises:
-        ApiError: 422 naming the first input over the limit (when not truncating).
-    """
-    tt = embedder.text_tokenizer
-    if truncate:
-        return tt.ids(texts, max_tokens)
-    rows = tt.ids(texts, max_tokens + 1)
-    for i, row in enumerate(rows):
-        if len(row) > max_tokens:
-            raise ApiError(422, f"input[{i}] is longer than {max_tokens} tokens (prompt and EOS included); "
-                           "shorten it or send \"truncate\": true", param=f"input[{i}]", code="input_too_long")
-    return rows
-
-
-def format_vectors(vectors: np.ndarray, *, dimensions: int | None, normalize: bool, encoding_format: str) -> list:
-    """Matryoshka-style truncation to ``dimensions`` (re-normalized when the model normalizes), then the
-    JSON form: lists of floats, or base64 of little-endian float32 bytes."""
-    if dimensions is not None and dimensions < vectors.shape[1]:
-        vectors = vectors[:, :dimensions]  # (N, d)
-        if normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    vectors = np.ascontiguousarray(vectors, dtype="<f4")
-    if encoding_format == "base64":
-        return [base64.b64encode(v.tobytes()).decode("ascii") for v in vectors]
-    return vectors.tolist()
-
-
-# ---- the app ------------------------------------------------------------------------------------------
 def create_app(
     embedder: Embedder,
     *,
@@ -155,8 +76,9 @@ def create_app(
     batch_timeout_ms: float = 2.0,
     truncate: bool = False,
     packing: bool | None = None,
+    limits: ServeLimits | None = None,
 ) -> Any:
-    """Build the FastAPI app (the micro-batching worker runs while the app runs: lifespan start/stop).
+    """Build the FastAPI app (the micro-batching worker and the tokenizer thread run while the app runs).
 
     Args:
         embedder: the model to serve.
@@ -170,66 +92,78 @@ def create_app(
         truncate: truncate over-long inputs for every request instead of answering 422.
         packing: allow packed passes (a batch's texts in one sequence, no padding; taken per batch when
             cheaper). None: when the model supports it; see :class:`~embedtune.batching.MicroBatcher`.
+        limits: request size, queue, timeouts and connections (:class:`ServeLimits`; defaults when None).
 
     Returns:
-        A ``fastapi.FastAPI``; ``app.state.batcher`` is its :class:`~embedtune.batching.MicroBatcher`.
+        A ``fastapi.FastAPI``; ``app.state`` holds ``batcher`` (the
+        :class:`~embedtune.batching.MicroBatcher`), ``admission``, ``limits`` and ``text_limits``.
     """
     fastapi, responses = _import_fastapi()
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    max_tokens = max_tokens_per_input or embedder.max_length
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens_per_input must be at least 2 (text + EOS), got {max_tokens}")
+    limits = limits or ServeLimits()
+    text_limits = TextLimits.for_tokenizer(embedder.text_tokenizer.tokenizer,
+                                           max_tokens_per_input or embedder.max_length)
     batcher = MicroBatcher(embedder, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
                            packing=packing)
+    admission = Admission(limits.max_queued_texts, rate=lambda: _rate(batcher))
     created = int(time.time())
     expected_auth = f"Bearer {api_key}".encode() if api_key else None
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        app.state.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedtune-tokenize")
         try:
             yield
         finally:
+            app.state.tokenizing.shutdown(wait=True)
             batcher.close()
 
     app = fastapi.FastAPI(title="embedtune embeddings", lifespan=lifespan)
-    app.state.batcher = batcher
-
-    def error_response(err: ApiError):
-        return responses.JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request, exc: ApiError):
-        return error_response(exc)
+    app.state.batcher, app.state.admission = batcher, admission
+    app.state.limits, app.state.text_limits = limits, text_limits
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
-        return error_response(ApiError(exc.status_code, str(exc.detail), code="not_found"
-                                       if exc.status_code == 404 else None))
+        return _error_response(responses, ApiError(exc.status_code, str(exc.detail), code="not_found"
+                                                   if exc.status_code == 404 else None))
 
     @app.exception_handler(Exception)
-    async def _server_error(request, exc):
-        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error"))
+    async def _server_error(request, exc):  # outside the routes (they answer their own); a last resort
+        return _error_response(responses, ApiError(500, f"internal error: {type(exc).__name__}", type_="server_error"))
 
     def check_key(request) -> None:
         if expected_auth is None:
             return
         got = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(got, expected_auth):
+        if not hmac.compare_digest(got, expected_auth):  # constant time: the key cannot be guessed bytewise
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                            code="invalid_api_key")
 
-    # Plain Starlette routes: the handlers parse the body themselves (exact OpenAI-style errors, no
-    # per-request model validation overhead).
+    def prepare(body: bytes) -> tuple[dict[str, Any], list[str]]:
+        req = parse_request(body, model_name=model_name, dim=embedder.dim, max_inputs=max_inputs)
+        return req, bound_texts(req["texts"], text_limits, truncate or req["truncate"])
+
+    async def tokenize(texts: list[str], truncating: bool) -> list[list[int]]:
+        loop = asyncio.get_running_loop()
+        rows: list[list[int]] = []
+        for start, end in text_chunks(texts):  # other requests' chunks queue in between
+            rows += await loop.run_in_executor(app.state.tokenizing, tokenize_checked, embedder, texts[start:end],
+                                               text_limits.max_tokens, truncating, start)
+        return rows
+
     async def health(request):
         s = batcher.stats
         return responses.JSONResponse({
-            "status": "ok", "model": model_name, "dimensions": embedder.dim, "queued": batcher.pending,
+            "status": "shutting_down" if admission.shutting_down else "ok", "model": model_name,
+            "dimensions": embedder.dim, "max_tokens_per_input": text_limits.max_tokens,
+            "max_chars_per_input": text_limits.max_chars, "queued": batcher.pending, **admission.health(),
             "batches": s.batches, "embedded": s.rows, "max_requests_per_batch": s.max_requests_per_batch,
             "packed_batches": s.packed_batches,
             "forward_seconds": round(s.forward_seconds, 3), "batch_timeout_ms": batcher.batch_timeout * 1000,
-            "autocast": getattr(embedder, "autocast", None), "packing": batcher.packing})
+            "autocast": getattr(embedder, "autocast", None), "packing": batcher.packing},
+            status_code=503 if admission.shutting_down else 200)
 
     async def models(request):
         check_key(request)
@@ -238,9 +172,18 @@ def create_app(
 
     async def embeddings(request):
         check_key(request)
-        req = parse_request(await request.body(), model_name=model_name, dim=embedder.dim, max_inputs=max_inputs)
-        rows = tokenize_checked(embedder, req["texts"], max_tokens, truncate or req["truncate"])
-        vectors = await asyncio.wrap_future(batcher.submit(rows))  # (N, D)
+        admission.check_open()
+        try:
+            body = await read_body(request, limits.max_request_bytes, limits.client_timeout)
+        except ApiError as err:
+            raise admission.refuse(err) from None
+        if len(body) > INLINE_BODY_BYTES:
+            req, texts = await asyncio.get_running_loop().run_in_executor(None, prepare, body)
+        else:
+            req, texts = prepare(body)
+        with admission.hold(len(texts)):
+            rows = await tokenize(texts, truncate or req["truncate"])
+            vectors = await asyncio.wrap_future(batcher.submit(rows))  # (N, D)
         data = format_vectors(vectors, dimensions=req["dimensions"], normalize=embedder.normalize,
                               encoding_format=req["encoding_format"])
         tokens = sum(len(r) for r in rows)
@@ -250,62 +193,33 @@ def create_app(
         return responses.Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     app.add_route("/health", health, methods=["GET"])
-    app.add_route("/v1/models", models, methods=["GET"])
-    app.add_route("/v1/embeddings", embeddings, methods=["POST"])
+    app.add_route("/v1/models", _guarded(models, responses), methods=["GET"])
+    app.add_route("/v1/embeddings", _guarded(embeddings, responses), methods=["POST"])
     return app
 
 
-# ---- running it ---------------------------------------------------------------------------------------
-def load_model(spec: str | None = None, **options: Any) -> tuple[Embedder, str]:
-    """The Embedder to serve and its default name: a folder holding ``embedtune.json`` (a run or an export)
-    is loaded with :meth:`Embedder.load`, anything else (hub id, checkpoint folder, .gguf, ``default``)
-    with :meth:`Embedder.from_pretrained`."""
-    spec = spec or "default"
-    path = Path(spec).expanduser()
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        return Embedder.load(path, **options), path.resolve().name
-    return Embedder.from_pretrained(spec, **options), "embedtune-default" if spec == "default" else spec
+def _rate(batcher: MicroBatcher) -> float:
+    """Texts embedded per second of forward passes so far (0 before the first)."""
+    s = batcher.stats
+    return s.rows / s.forward_seconds if s.forward_seconds > 0 else 0.0
 
 
-def resolve_api_key(api_key: str | None) -> str | None:
-    """The API key given, else ``$EMBEDTUNE_API_KEY``, else None (no key required)."""
-    return api_key or os.environ.get(API_KEY_ENV) or None
+def _error_response(responses: Any, err: ApiError) -> Any:
+    return responses.JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run the app with uvicorn until interrupted (localhost only unless ``host`` says otherwise)."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ImportError(f"the embeddings server needs uvicorn: {SERVE_INSTALL_HINT}") from exc
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+def _guarded(handler: Callable[[Any], Awaitable[Any]], responses: Any) -> Callable[[Any], Awaitable[Any]]:
+    """The handler, answering its own errors: an :class:`ApiError` as its status, anything else as a JSON
+    500 (logged). Nothing is re-raised to uvicorn, which would drop the connection."""
 
+    async def run(request):
+        try:
+            return await handler(request)
+        except ApiError as err:
+            return _error_response(responses, err)
+        except Exception as exc:  # noqa: BLE001 - the model failed, not the input: 500, connection kept
+            log.exception("the embeddings request failed")
+            return _error_response(responses, ApiError(500, f"internal error: {type(exc).__name__}: {exc}",
+                                                       type_="server_error"))
 
-@contextmanager
-def running_server(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Iterator[str]:
-    """Run the app with uvicorn in a background thread; yields its base URL and stops it on exit.
-
-    ``port=0`` picks a free port (the socket is bound before the server starts, so there is no race).
-    """
-    import socket
-    import threading
-
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_keep_alive=30))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="embedtune-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the embeddings server did not start")
-            time.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    return run
