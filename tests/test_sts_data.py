@@ -1,4 +1,5 @@
-"""The nine STS benchmarks load from the shared data folder with the paper's sizes."""
+"""The nine STS benchmarks load from the shared data folder with the paper's sizes; a user's own STS-format
+file is read as strictly, with FILE:LINE errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import warnings
 import pytest
 
 from embedtune.data import sts
-from embedtune.data.sts import TASKS, find_data_dir, load_sts, read_sts_tsv, resolve_task_names
+from embedtune.data.sts import (
+    TASKS,
+    find_data_dir,
+    load_sts,
+    load_sts_file_or_task,
+    read_sts_tsv,
+    resolve_task_names,
+    resolve_task_specs,
+)
 
 SIZES = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186, "STS17": 250,
          "STSBenchmark": 1379, "BIOSSES": 100, "SICK-R": 9927}
@@ -61,6 +70,38 @@ def test_bad_tsv_rows_name_file_and_line(tmp_path):
     path.write_text("sentence1\tsentence2\tscore\na\t \t1\n")
     with pytest.raises(ValueError, match=r"x.tsv:2: field 'sentence2' is empty"):
         read_sts_tsv(path, "x")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"sentence1\tsentence2\tscore\na\tb\t1\nc\td\n", r"x.tsv:3: the row has 2 fields but the header has 3"),
+    (b"sentence1\tsentence2\tscore\na\tb\t1\tzz\n", r"x.tsv:2: the row has 4 fields but the header has 3"),
+    (b"sentence1\tsentence2\tscore\na\tb\tinf\n", r"x.tsv:2: field 'score' is 'inf'; expected a finite number"),
+    (b"sentence1\tsentence2\tscore\na\tb\xff\t1\n", r"x.tsv:2: field 'sentence2' holds invalid UTF-8"),
+    (b"sentence1\tsentence2\tscore\n", r"x.tsv: no rows after the header"),
+    (b"", r"x.tsv:1: header lacks column\(s\) score, sentence1, sentence2"),
+])
+def test_own_sts_files_are_read_strictly(tmp_path, content, message):
+    path = tmp_path / "x.tsv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_sts_tsv(path, "x")
+
+
+def test_task_specs_mix_benchmarks_and_files(tmp_path):
+    own = tmp_path / "my_dev.tsv"
+    own.write_text("sentence1\tsentence2\tscore\na man\ta woman\t2.5\n")
+    assert resolve_task_specs(f"sts12, {own},stsb") == ["STS12", str(own), "STSBenchmark"]
+    data = load_sts_file_or_task(str(own))
+    assert (data.name, data.scores, data.source) == ("my_dev", [2.5], str(own))
+    with pytest.raises(FileNotFoundError, match="STS file .*nope.tsv not found"):
+        resolve_task_specs(str(tmp_path / "nope.tsv"))
+    (tmp_path / "STS17.tsv").write_text(own.read_text())
+    with pytest.raises(ValueError, match="would go by the benchmark name 'STS17'"):
+        resolve_task_specs(str(tmp_path / "STS17.tsv"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my_dev.tsv").write_text(own.read_text())
+    with pytest.raises(ValueError, match="both go by the name 'my_dev'"):
+        resolve_task_specs([str(own), str(tmp_path / "sub" / "my_dev.tsv")])
 
 
 def test_missing_folder_and_file_say_where_they_looked(tmp_path, monkeypatch):

@@ -82,7 +82,16 @@ def _run_encode(args: argparse.Namespace) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="Spearman correlations on the nine STS benchmarks (the paper's table)")
     _model_args(p)
-    p.add_argument("--tasks", default="all", help="all (the paper's nine) or a comma list, e.g. STS12,STSBenchmark")
+    p.add_argument("--tasks", default=None,
+                   help="all (the paper's nine; the default unless only --retrieval is given) or a comma list of "
+                        "benchmarks and STS-format files (sentence1<TAB>sentence2<TAB>score .tsv), e.g. "
+                        "STS12,STSBenchmark,my_dev.tsv")
+    p.add_argument("--retrieval", default=None, metavar="PAIRS",
+                   help="also (or only) evaluate retrieval: a query,positive[,negative] file; each query is searched "
+                        "among all positives, negatives and --corpus; recall@1/@10, MRR@10, nDCG@10 in retrieval.json")
+    p.add_argument("--corpus", default=None, help="more passages for --retrieval (.txt, one per line; .jsonl 'text')")
+    p.add_argument("--search", choices=["auto", "numpy", "faiss"], default="auto",
+                   help="exact search backend for --retrieval (auto: faiss when installed)")
     p.add_argument("--variant", default="mteb_like", choices=["mteb_like", "raw"],
                    help="STS12-16 text: mteb_like (tokenized, lowercased, as MTEB and the paper) or raw")
     p.add_argument("--batch-size", type=int, default=64, help="encode batch size")
@@ -105,24 +114,51 @@ def _eval_label(args: argparse.Namespace) -> str:
 def _run_eval(args: argparse.Namespace) -> int:
     import time
 
-    from ..data.sts import resolve_task_names
-    from ..evaluation.report import embedder_meta, markdown_table, results_payload, write_results
-    from ..evaluation.sts import evaluate_sts
-    from ..io import write_text_atomic
+    from ..data.sts import is_sts_file_spec, resolve_task_specs
+    from ..evaluation.report import embedder_meta
 
-    tasks = resolve_task_names(args.tasks)  # an unknown name fails before the model loads
+    if args.corpus and not args.retrieval:
+        raise CliError("--corpus is the corpus of --retrieval; give --retrieval PAIRS too")
+    # Everything is validated before the model loads: names, STS files, the retrieval files.
+    tasks = resolve_task_specs(args.tasks or "all") if args.tasks or not args.retrieval else []
+    retrieval = None
+    if args.retrieval:
+        from ..evaluation.retrieval import load_retrieval_data
+        from ..search import resolve_backend
+
+        try:
+            resolve_backend(args.search)
+        except ImportError as exc:
+            raise CliError(str(exc)) from None
+        retrieval = load_retrieval_data(args.retrieval, args.corpus)
     start = time.perf_counter()
     embedder = _build_embedder(args)
     load_seconds = time.perf_counter() - start
     label = _eval_label(args)
+    task_files = {Path(t).stem: str(Path(t).resolve()) for t in tasks if is_sts_file_spec(t)}
     meta = embedder_meta(embedder, adapter=args.adapter, run=args.run, variant=args.variant, label=label,
-                         batch_size=args.batch_size, max_pairs=args.max_pairs, load_seconds=round(load_seconds, 3))
+                         batch_size=args.batch_size, max_pairs=args.max_pairs, load_seconds=round(load_seconds, 3),
+                         **({"task_files": task_files} if task_files else {}))
     if args.out:
         out = Path(args.out)
     elif args.run or args.adapter:
         out = Path(args.run or args.adapter) / "eval"
     else:
         out = Path("runs") / "eval" / label
+    if tasks:
+        _eval_sts(args, embedder, tasks, meta, out, start)
+    if retrieval is not None:
+        _eval_retrieval(args, embedder, retrieval, meta, out)
+    return 0
+
+
+def _eval_sts(args: argparse.Namespace, embedder, tasks: list[str], meta: dict, out: Path, start: float) -> None:
+    import time
+
+    from ..evaluation.report import markdown_table, results_payload, write_results
+    from ..evaluation.sts import evaluate_sts
+    from ..io import write_text_atomic
+
     done: list = []
 
     def on_result(s) -> None:
@@ -138,11 +174,21 @@ def _run_eval(args: argparse.Namespace) -> int:
     payload = results_payload(scores, meta, wall_seconds=time.perf_counter() - start)
     path = write_results(out, payload)
     (out / "results.partial.json").unlink(missing_ok=True)
-    print(markdown_table({label: payload}))
-    print(f"wall time {payload['wall_seconds']:.1f} s (model load {load_seconds:.1f} s), "
+    print(markdown_table({meta["label"]: payload}))
+    print(f"wall time {payload['wall_seconds']:.1f} s (model load {meta['load_seconds']:.1f} s), "
           f"{payload['sentences']} sentences at {payload['sentences_per_second']} sentences/s; wrote {path}",
           file=sys.stderr)
-    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace, embedder, data, meta: dict, out: Path) -> None:
+    from ..evaluation.retrieval import evaluate_retrieval, retrieval_payload, retrieval_table, write_retrieval_results
+
+    scores = evaluate_retrieval(embedder, data, batch_size=args.batch_size, backend=args.search, show_progress=True)
+    payload = retrieval_payload(scores, {k: v for k, v in meta.items() if k not in ("variant", "max_pairs")})
+    path = write_retrieval_results(out, payload, meta["label"])
+    print(retrieval_table({meta["label"]: payload}))
+    print(f"retrieval: {scores.queries} queries against {scores.corpus} passages ({scores.search} search) in "
+          f"{scores.seconds['total']:.1f} s; wrote {path}", file=sys.stderr)
 
 
 # ---- compare ------------------------------------------------------------------------------------------

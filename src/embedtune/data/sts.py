@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -121,24 +122,39 @@ def resolve_task_names(tasks: str | list[str] | None) -> list[str]:
 
 
 def read_sts_tsv(path: Path, name: str) -> StsData:
-    """Read a ``sentence1<TAB>sentence2<TAB>score`` file (CSV quoting, as the shared files are written)."""
+    """Read a ``sentence1<TAB>sentence2<TAB>score`` file (header first; CSV quoting, as the shared files are
+    written), strictly: every problem raises ValueError as ``FILE:LINE: field 'X' ...``."""
     s1, s2, scores = [], [], []
-    with open(path, encoding="utf-8", newline="") as f:
+    # surrogateescape: a bad byte becomes a lone surrogate, found below with its line instead of a traceback
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         missing = {"sentence1", "sentence2", "score"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: header lacks column(s) {', '.join(sorted(missing))}")
+            raise ValueError(f"{path}:1: header lacks column(s) {', '.join(sorted(missing))}; expected "
+                             "sentence1<TAB>sentence2<TAB>score")
         for row in reader:
+            n = reader.line_num
+            if None in row or None in row.values():  # DictReader's marks of too many / too few fields
+                width = len(reader.fieldnames) + len(row.get(None, ())) - sum(v is None for v in row.values())
+                raise ValueError(f"{path}:{n}: the row has {width} fields but the header has "
+                                 f"{len(reader.fieldnames)}; expected tab-separated fields (quote a tab in a field)")
+            for col in ("sentence1", "sentence2", "score"):
+                if any("\udc80" <= ch <= "\udcff" or ch == "\x00" for ch in row[col]):
+                    raise ValueError(f"{path}:{n}: field {col!r} holds invalid UTF-8 or a NUL byte")
             try:
                 score = float(row["score"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}:{reader.line_num}: field 'score' is {row['score']!r}, not a number") from None
+            except ValueError:
+                raise ValueError(f"{path}:{n}: field 'score' is {row['score']!r}, not a number") from None
+            if not math.isfinite(score):
+                raise ValueError(f"{path}:{n}: field 'score' is {row['score']!r}; expected a finite number")
             for col in ("sentence1", "sentence2"):
-                if not (row[col] or "").strip():
-                    raise ValueError(f"{path}:{reader.line_num}: field {col!r} is empty; expected a sentence")
+                if not row[col].strip():
+                    raise ValueError(f"{path}:{n}: field {col!r} is empty; expected a sentence")
             s1.append(row["sentence1"])
             s2.append(row["sentence2"])
             scores.append(score)
+    if not scores:
+        raise ValueError(f"{path}: no rows after the header; expected sentence pairs with scores")
     return StsData(name, s1, s2, scores, str(path))
 
 
@@ -206,9 +222,57 @@ def load_sts_hub(name: str, variant: str = "mteb_like") -> StsData:
     return data
 
 
+def is_sts_file_spec(spec: str) -> bool:
+    """Whether a task entry names an STS-format file (it ends in ``.tsv`` or holds a path separator)."""
+    return spec.lower().endswith(".tsv") or "/" in spec or os.sep in spec
+
+
+def resolve_task_specs(tasks: str | list[str] | None, validate: bool = True) -> list[str]:
+    """Like :func:`resolve_task_names`, but an entry may also be an STS-format file (a user's own set).
+
+    Benchmark names come back canonical, files as given. With ``validate`` each file is read and checked
+    here (errors name ``FILE:LINE``), so a bad file fails before any model loads. A file goes by its stem in
+    results (``my_dev.tsv`` -> ``my_dev``).
+
+    Raises:
+        ValueError: an unknown name, a bad file, or two entries with the same name.
+        FileNotFoundError: a file that does not exist.
+    """
+    if isinstance(tasks, str) and tasks != "all":
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if tasks is None or tasks == "all" or tasks == ["all"]:
+        return list(TASKS)
+    benchmarks = {t.lower() for t in {**TASKS, **DEV_TASKS}} | set(ALIASES)
+    out: list[str] = []
+    seen: dict[str, str] = {}  # lower-case name -> the entry that took it
+    for spec in tasks:
+        if is_sts_file_spec(spec):
+            name = Path(spec).stem
+            if name.lower() in benchmarks:
+                raise ValueError(f"file {spec} would go by the benchmark name {name!r} in results; rename the file")
+            if validate:
+                read_sts_tsv(_sts_file(spec), name)
+            out.append(spec)
+        else:
+            name = resolve_task_names([spec])[0]
+            out.append(name)
+        if name.lower() in seen:
+            raise ValueError(f"tasks {seen[name.lower()]} and {spec} both go by the name {name!r}; results are "
+                             "keyed by name")
+        seen[name.lower()] = spec
+    return out
+
+
+def _sts_file(spec: str) -> Path:
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"STS file {spec} not found (looked at {p.resolve()}); expected a "
+                                "sentence1<TAB>sentence2<TAB>score .tsv file or a benchmark name")
+    return p
+
+
 def load_sts_file_or_task(spec: str, data_dir: str | Path | None = None, variant: str = "mteb_like") -> StsData:
-    """A task name, or a path to any TSV in the same format (a user's own dev set)."""
-    p = Path(spec)
-    if p.suffix == ".tsv" and p.is_file():
-        return read_sts_tsv(p, p.stem)
+    """A task name, or a path to any TSV in the same format (a user's own dev set), named by its stem."""
+    if is_sts_file_spec(spec):
+        return read_sts_tsv(_sts_file(spec), Path(spec).stem)
     return load_sts(spec, data_dir, variant)

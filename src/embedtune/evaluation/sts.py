@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from ..data.sts import StsData, load_sts, resolve_task_names
+from ..data.sts import StsData, load_sts_file_or_task, resolve_task_specs
 
 EncodeFn = Callable[[list[str]], np.ndarray]
 
@@ -100,7 +100,8 @@ def evaluate_sts(
 
     Args:
         embedder: object with ``encode(texts, batch_size=..., show_progress=...)``.
-        tasks: ``all`` (the paper's nine) or names.
+        tasks: ``all`` (the paper's nine) or names; an entry may also be an STS-format file
+            (``sentence1<TAB>sentence2<TAB>score``), reported under its stem.
         data_dir: data folder (see :func:`embedtune.data.sts.find_data_dir`).
         variant: STS12-16 text, ``mteb_like`` or ``raw``.
         max_pairs: evaluate on the first N pairs only (quick dev checks during training).
@@ -110,9 +111,9 @@ def evaluate_sts(
     from tqdm.auto import tqdm
 
     results = []
-    names = resolve_task_names(tasks)
+    names = resolve_task_specs(tasks, validate=False)  # each file is read (and checked) once, below
     for name in tqdm(names, desc="STS", unit="task", disable=not show_progress or len(names) == 1):
-        data = load_sts(name, data_dir, variant)
+        data = load_sts_file_or_task(name, data_dir, variant)
         data = data.head(max_pairs)
 
         def encode(texts: list[str]) -> np.ndarray:
