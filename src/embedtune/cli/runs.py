@@ -9,11 +9,13 @@ from pathlib import Path
 
 from ..config import DEFAULT_MODEL
 from .common import CliError
+from .pairs import _add_mine_negatives, _add_split, _run_mine_negatives, _run_split
 
 
 # ---- data ---------------------------------------------------------------------------------------------
 def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="validate training files (check) or drop STS test sentences (decontaminate)")
+    p = sub.add_parser("data", help="validate training files (check), drop STS test sentences (decontaminate), "
+                        "mine hard negatives for pairs (mine-negatives), hold a slice apart (split)")
     dsub = p.add_subparsers(dest="data_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--columns", default=None,
@@ -39,9 +41,13 @@ def _add_data(sub) -> None:
     d.add_argument("file", metavar="FILE", help=".csv/.tsv/.jsonl[.gz] file or hub data set")
     d.add_argument("--out", required=True, help="clean output file (.csv/.tsv/.jsonl, optionally .gz)")
     d.add_argument("--report", default=None, help="JSON list of removed rows (default: OUT.removed.json)")
+    _add_mine_negatives(dsub)
+    _add_split(dsub)
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command in ("mine-negatives", "split"):
+        return (_run_mine_negatives if args.data_command == "mine-negatives" else _run_split)(args)
     from ..data.decontaminate import sts_sentence_index
     from ..data.triplets import expand_data_path, parse_columns
     from ..io import write_text_atomic
