@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean mined-negatives
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,28 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/embedtune demo
+
+# Mined hard negatives vs in-batch negatives on the paraphrase pairs (configs/experiments/mined-negatives.yaml):
+# hold 1,000 anchors apart, mine the rest, train both cells, then retrieval on the held-out slice. Resumable:
+# made files and finished cells are kept. DATA is the data folder.
+DATA ?= ../shared/data
+MINED := runs/mined-negatives
+MINED_EXP := runs/experiments/mined-negatives
+
+$(MINED)/train.csv.gz: | $(STAMP)
+	$(VENV)/bin/embedtune data split $(DATA)/pairs/*.csv.gz --held-out 1000 --seed 7 \
+		--out $@ --held-out-file $(MINED)/held-out.csv.gz
+
+$(MINED)/train-mined.csv.gz: $(MINED)/train.csv.gz
+	$(VENV)/bin/embedtune data mine-negatives $< --out $@ --range 10:50 --margin 0.05
+
+mined-negatives: $(MINED)/train-mined.csv.gz
+	$(VENV)/bin/embedtune experiment configs/experiments/mined-negatives.yaml --data-dir $(DATA)
+	test -f $(MINED_EXP)/base-retrieval/retrieval.json || $(VENV)/bin/embedtune eval --autocast bf16 \
+		--retrieval $(MINED)/held-out.csv.gz --out $(MINED_EXP)/base-retrieval
+	for cell in $(MINED_EXP)/cells/*/; do test -f $${cell}eval_final/retrieval.json || \
+		$(VENV)/bin/embedtune eval --run $${cell}run --autocast bf16 --retrieval $(MINED)/held-out.csv.gz \
+		--out $${cell}eval_final || exit 1; done
 
 bench: $(STAMP)
 	$(PY) benchmarks/encode.py
