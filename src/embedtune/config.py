@@ -1,6 +1,7 @@
 """Typed configuration: one dataclass per concern, loadable from one YAML file plus dotted overrides.
 
-A recipe (``configs/*.yaml``) has the sections ``model``, ``lora``, ``data``, ``train`` and ``eval``;
+A recipe (``configs/*.yaml``) has the sections ``model``, ``lora``, ``data``, ``train`` and ``eval``, and
+optionally ``base:``, another recipe it starts from;
 ``embedtune train --config X.yaml train.lr=5e-4 lora.r=16`` overrides single fields.
 """
 
@@ -121,12 +122,13 @@ class TrainConfig:
     eval_max_pairs: int | None = field(default=None, metadata={"help": "subsample the dev set for speed"})
     log_every: int = field(default=10, metadata={"help": "write metrics every N steps"})
     resume: str | None = field(default=None, metadata={"help": "auto | checkpoint path"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] | str = field(default="all", metadata={"help": "all or a list of benchmark names"})
+    """How texts are encoded for evaluation: the dev curve during training (``train.eval_*`` says when and on
+    what) and the experiment runner's evaluations."""
+
     batch_size: int = field(default=64, metadata={"help": "encode batch size"})
     variant: str = field(default="mteb_like", metadata={"help": "STS12-16 text: mteb_like | raw"})
 
@@ -215,7 +217,8 @@ def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``train.lr=5e-4`` -> (["train", "lr"], 0.0005); the value is parsed as YAML."""
+    """``train.lr=0.1`` -> (["train", "lr"], 0.1): the value is parsed as YAML (``5e-4`` stays a string
+    there) and converted to the field's type when it is applied."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
@@ -233,8 +236,35 @@ def _parse_scalar(raw: str) -> Any:
         return raw
 
 
+def _apply_file(cfg: RunConfig, p: Path, chain: list[Path]) -> None:
+    """Apply a recipe file to ``cfg``: first the recipe its ``base:`` names (a path relative to the file),
+    then its own sections, field by field."""
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist" + (f" (the base of {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise ConfigError(f"{p}: its 'base:' chain loops back to itself ({' -> '.join(map(str, chain))})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{p}: base: expected the path of another recipe, got {base!r}")
+        _apply_file(cfg, p.parent / base, [*chain, p.resolve()])
+    try:
+        _update(cfg, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build a :class:`RunConfig` from an optional YAML file and ``section.key=value`` overrides.
+
+    A recipe may start from another: ``base: paper-recipe.yaml`` (relative to the file) loads that one
+    first, and the file's own fields replace its values one by one.
 
     Args:
         path: YAML recipe; ``None`` starts from the defaults (the paper's hyperparameters).
@@ -245,19 +275,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     cfg = RunConfig()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-        try:
-            _update(cfg, data, "")
-        except ConfigError as exc:
-            raise ConfigError(f"{p}: {exc}") from None
+        _apply_file(cfg, Path(path), [])
     for text in overrides or []:
         keys, value = parse_override(text)
         nested: Any = value

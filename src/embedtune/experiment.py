@@ -244,7 +244,9 @@ def changed_settings(folder: Path, settings: dict[str, Any]) -> list[str]:
         return []
     old = _flat(json.loads(path.read_text(encoding="utf-8")))
     new = _flat(_plain(settings))
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    # A key recorded but no longer in the settings names a setting that was removed from the code (a
+    # dead field): nothing computed now can differ by it.
+    keys = sorted(k for k in new if old.get(k) != new.get(k))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 

@@ -91,11 +91,6 @@ def _check_target(out_dir: Path, source: str | Path | Embedder, overwrite: bool)
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
 
 
-def _options(embedder: Embedder) -> dict[str, Any]:
-    return {"pooling": embedder.pooling, "prompt": embedder.prompt, "max_length": embedder.max_length,
-            "normalize": embedder.normalize, "padding_side": embedder.text_tokenizer.padding_side}
-
-
 def _provenance(embedder: Embedder, source: str | Path | Embedder) -> dict[str, Any]:
     return {
         "base_model": embedder.source.spec if embedder.source else None,
@@ -144,7 +139,7 @@ def export_merged(
     _check_target(out_dir, source, overwrite)
     embedder, owned = load_source(source, dtype=dtype, base_model=base_model, trust_remote_code=trust_remote_code)
     backbone = merged_backbone(embedder, in_place=owned)
-    merged = Embedder(backbone, embedder.tokenizer, source=embedder.source, **_options(embedder))
+    merged = Embedder(backbone, embedder.tokenizer, source=embedder.source, **embedder.options.as_dict())
     with atomic_dir(out_dir) as tmp:
         merged.save(tmp)
         _update_json(tmp / CONFIG_NAME, exported_from=_provenance(embedder, source))

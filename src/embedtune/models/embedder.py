@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,29 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 CONFIG_NAME = "embedtune.json"
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EmbedderOptions:
+    """How an Embedder turns a text into a vector besides its weights; saved in ``embedtune.json``, read
+    from a recipe's ``model`` section, and carried over by exports."""
+
+    pooling: str = "last"
+    prompt: str | None = None
+    max_length: int = 128
+    normalize: bool = True
+    padding_side: str = "right"
+
+    @classmethod
+    def from_mapping(cls, values: Any, **overrides: Any) -> EmbedderOptions:
+        """The options found in ``values`` (a dict such as embedtune.json, or an object such as a
+        ``ModelConfig``), then ``overrides``."""
+        get = values.get if isinstance(values, dict) else lambda k, d: getattr(values, k, d)
+        found = {f.name: get(f.name, f.default) for f in fields(cls)}
+        return cls(**{**found, **overrides})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def validate_texts(texts: Any) -> list[str]:
@@ -148,13 +172,19 @@ class Embedder(nn.Module):
         """Build from a recipe's ``model`` section (what training and experiments share)."""
         return cls.from_pretrained(
             m.name_or_path, gguf_file=m.gguf_file, dtype=m.dtype, device=device, trust_remote_code=m.trust_remote_code,
-            attn_implementation=m.attn_implementation, num_layers=m.num_layers, pooling=m.pooling, prompt=m.prompt,
-            max_length=m.max_length, normalize=m.normalize, padding_side=m.padding_side,
+            attn_implementation=m.attn_implementation, num_layers=m.num_layers,
+            **EmbedderOptions.from_mapping(m).as_dict(),
         )
 
     @property
     def tokenizer(self) -> Any:
         return self.text_tokenizer.tokenizer
+
+    @property
+    def options(self) -> EmbedderOptions:
+        """This embedder's options (prompt as its template)."""
+        return EmbedderOptions(self.pooling, self.prompt, self.max_length, self.normalize,
+                               self.text_tokenizer.padding_side)
 
     @property
     def prompt(self) -> str | None:
@@ -299,12 +329,8 @@ class Embedder(nn.Module):
         """What :meth:`save` writes to ``embedtune.json`` (besides weights)."""
         return {
             "format_version": FORMAT_VERSION,
-            "pooling": self.pooling,
-            "prompt": self.prompt,
-            "max_length": self.max_length,
+            **self.options.as_dict(),
             "num_layers": self.num_layers,
-            "normalize": self.normalize,
-            "padding_side": self.text_tokenizer.padding_side,
             "eos": {"token_id": self.text_tokenizer.eos_id, "appended": "always, after truncation, never doubled"},
             "embedding_dim": self.dim,
         }
@@ -352,7 +378,7 @@ class Embedder(nn.Module):
         Args:
             directory: folder holding ``embedtune.json``.
             base_model: override the recorded base model (e.g. a local copy of a hub model).
-            overrides: change a recorded setting (pooling, prompt, max_length, normalize, padding_side).
+            overrides: change a recorded option (:class:`EmbedderOptions`), or set a runtime one (autocast).
         """
         directory = Path(directory)
         meta_path = directory / CONFIG_NAME
@@ -362,8 +388,9 @@ class Embedder(nn.Module):
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-        options = {k: meta[k] for k in ("pooling", "prompt", "max_length", "normalize", "padding_side")}
-        options.update(overrides)
+        names = {f.name for f in fields(EmbedderOptions)}
+        options = {**EmbedderOptions.from_mapping(meta, **{k: v for k, v in overrides.items() if k in names}).as_dict(),
+                   **{k: v for k, v in overrides.items() if k not in names}}  # e.g. autocast
         if meta.get("adapter"):
             return cls.from_pretrained(
                 base_model or meta["base_model"],
