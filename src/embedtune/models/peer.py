@@ -136,8 +136,8 @@ class PeerEncoder:
         except ImportError as exc:  # pragma: no cover - the dev extra installs it
             raise ImportError(f"evaluating a sentence-transformers peer needs sentence-transformers: "
                               f"{ST_INSTALL_HINT}") from exc
-        from .embedder import AUTOCAST_DTYPES
-        from .loading import default_device, resolve_dtype
+        from .loading import default_device
+        from .runtime import AUTOCAST_DTYPES, parse_autocast, resolve_dtype
 
         folder = resolve_peer(spec)
         if folder is None:
@@ -148,11 +148,7 @@ class PeerEncoder:
         self.model = SentenceTransformer(str(folder), device=device, local_files_only=True)
         if dtype not in (None, "auto"):
             self.model.to(resolve_dtype(dtype, device))
-        if isinstance(autocast, str) and autocast.lower() in ("none", "fp32", "off", ""):
-            autocast = None
-        if autocast is not None and autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be bf16, fp16 or none, got {autocast!r}")
-        self.autocast = autocast
+        self.autocast = autocast = parse_autocast(autocast)
         self._autocast_dtype = AUTOCAST_DTYPES.get(autocast) if autocast else None
 
     @property

@@ -25,7 +25,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..config import RunConfig
 from ..io import write_text_atomic
-from ..models.embedder import AUTOCAST_DTYPES, Embedder
+from ..models.embedder import Embedder
+from ..models.runtime import AUTOCAST_DTYPES
 from . import distributed as dist
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .gradcache import ContrastiveBatch, contrastive_step
@@ -60,7 +61,7 @@ def make_autocast(precision: str, device: torch.device) -> tuple[Callable[[], An
         raise ValueError("train.precision=fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
     if precision not in ("bf16", "fp16"):
         raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = AUTOCAST_DTYPES[precision]
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), precision
 
 
