@@ -9,6 +9,7 @@ import pytest
 from serving_helpers import TIMEOUT
 
 from embedtune.models.embedder import Embedder
+from embedtune.models.packing import PackedEncoder
 from embedtune.serving import create_app, running_server
 
 TEXTS = ["a man plays guitar", "the dog", "two children are playing in the park", "cat"]
@@ -180,27 +181,6 @@ def test_least_cost_chunks_cover_every_row_once_at_least_cost():
     assert least_cost_chunks([], 8) == []
 
 
-def test_least_cost_packs_cover_every_row_once_and_weigh_attention():
-    import random
-
-    from embedtune.batching import least_cost_packs
-
-    rng = random.Random(0)
-    lengths = [rng.randint(3, 60) for _ in range(100)]
-    packs = least_cost_packs(lengths, 32, attention_tokens=3000)
-    assert sorted(i for p in packs for i in p) == list(range(100))
-    assert all(1 <= len(p) <= 32 for p in packs)
-    # short texts (a server's usual batch): one pass, as wide as the size limit allows
-    assert [len(p) for p in least_cost_packs([12] * 32, 32, attention_tokens=3000)] == [32]
-    # long texts: attention over each other costs more than a pass, so each gets its own
-    assert [len(p) for p in least_cost_packs([500] * 4, 32, attention_tokens=3000)] == [1, 1, 1, 1]
-    # cheap attention (a wide model) packs them again
-    assert [len(p) for p in least_cost_packs([500] * 4, 32, attention_tokens=10**6)] == [4]
-    assert least_cost_packs([], 8, attention_tokens=3000) == []
-    with pytest.raises(ValueError):
-        least_cost_packs([3], 8, attention_tokens=0)
-
-
 def test_plan_passes_packs_short_mixed_texts_and_pads_long_similar_ones():
     from embedtune.batching import plan_passes
 
@@ -223,7 +203,7 @@ def test_a_failing_packed_pass_falls_back_to_padded_passes(embedder, monkeypatch
     def boom(rows, normalize=None):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(embedder, "encode_packed", boom)
+    monkeypatch.setattr(batcher.packer, "encode", boom)
     with caplog.at_level("WARNING"):
         got = batcher.embed_batch(rows)
     assert "padded passes" in caplog.text
@@ -254,7 +234,7 @@ def test_autocast_serving_matches_autocast_encode(tiny_llama):
     got = np.array([d["embedding"] for d in r.json()["data"]])
     # the server packed the request: compare with the same packed pass in process (bf16 results depend on
     # the shapes of the products, so a padded pass may differ in the last bits)
-    np.testing.assert_allclose(got, fast.encode_packed(fast.text_tokenizer.ids(TEXTS)), atol=1e-6)
+    np.testing.assert_allclose(got, PackedEncoder(fast).encode(fast.text_tokenizer.ids(TEXTS)), atol=1e-6)
     np.testing.assert_allclose(got, fast.encode(TEXTS), atol=1e-2)
     fast.autocast = None
     assert np.abs(got - fast.encode(TEXTS)).max() > 1e-6  # the server really ran in bf16

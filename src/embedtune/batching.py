@@ -13,7 +13,7 @@ answered after one pass, not after all of them.
 
 A batch holds whatever arrived together, texts of any lengths. Padded to its longest row it wastes compute
 on padding; so, when the model allows it, the rows are packed end to end into one sequence whose attention
-mask keeps them apart (:meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`),
+mask keeps them apart (:class:`~embedtune.models.packing.PackedEncoder`),
 or cut into padded passes of similar lengths (:meth:`Embedder.encode_ids
 <embedtune.models.embedder.Embedder.encode_ids>`), whichever :func:`plan_passes` estimates cheaper.
 """
@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data.collate import longest_first
 from .models.embedder import Embedder
+from .models.packing import PackedEncoder
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def _least_cost_cuts(
     passes and a close heuristic for packed ones. Returns the estimated cost and index lists into ``lengths``."""
     if max_size < 1:
         raise ValueError(f"max_size must be at least 1, got {max_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = longest_first(lengths)
     width = [lengths[i] for i in order]  # non-increasing: a run [i, j) is as wide as its first row
     prefix = [0]
     for w in width:
@@ -75,6 +77,12 @@ def _padded_cost(pass_cost: float, attention_tokens: float | None) -> Callable[[
 
 
 def _packed_cost(pass_cost: float, attention_tokens: float) -> Callable[[int, int, int], float]:
+    """Cost of a packed pass of ``T`` tokens: ``pass_cost + T + T**2 / attention_tokens``. A packed pass has
+    no padding, but with eager or SDPA attention the scores run over the whole packed sequence (the mask
+    keeps rows apart; the masked scores are still computed). ``attention_tokens`` is the sequence length
+    at which a token's attention costs as much as its linear layers
+    (:attr:`PackedEncoder.attention_tokens <embedtune.models.packing.PackedEncoder.attention_tokens>`), so
+    short texts go into one pass and long ones get passes of their own."""
     if attention_tokens <= 0:
         raise ValueError(f"attention_tokens must be positive, got {attention_tokens}")
     return lambda rows, longest, tokens: pass_cost + tokens + tokens * tokens / attention_tokens
@@ -95,24 +103,6 @@ def least_cost_chunks(
     STSBenchmark sentences (of 16, 48, 96, 192), 1.2x the split where padding exceeds 25% of real tokens.
     """
     return _least_cost_cuts(lengths, max_size, _padded_cost(pass_cost, attention_tokens))[1]
-
-
-def least_cost_packs(
-    lengths: Sequence[int], max_size: int, attention_tokens: float, pass_cost: float = PASS_COST_TOKENS
-) -> list[list[int]]:
-    """Split rows into packed forward passes (each pass one sequence of whole rows; see
-    :meth:`Embedder.encode_packed <embedtune.models.embedder.Embedder.encode_packed>`) at the least
-    estimated cost.
-
-    A packed pass has no padding, but with eager or SDPA attention the scores run over the whole packed
-    sequence (the mask keeps rows apart; the masked scores are still computed), so its cost is modelled as
-    ``pass_cost + T + T**2 / attention_tokens`` for ``T`` tokens: ``attention_tokens`` is the sequence
-    length at which a token's attention costs as much as its linear layers
-    (:attr:`Embedder.attention_tokens`, about 3,000 for SmolLM2-135M). Short texts (a server's usual
-    traffic) then go into one pass; long ones get passes of their own rather than quadratic attention over
-    each other. Rows sorted longest first are cut where the total is least, as in :func:`least_cost_chunks`.
-    """
-    return _least_cost_cuts(lengths, max_size, _packed_cost(pass_cost, attention_tokens))[1]
 
 
 def plan_passes(
@@ -189,8 +179,8 @@ class MicroBatcher:
         batch_timeout_ms: how long the worker waits for more requests after the first one arrives.
         packing: allow packed passes (no padding; taken per batch when :func:`plan_passes` finds them
             cheaper than padded ones). None (default) allows them when
-            :attr:`Embedder.supports_packing` says the model gives the same vectors packed; True requires
-            it (ValueError if not); False never packs.
+            :attr:`PackedEncoder.supported <embedtune.models.packing.PackedEncoder.supported>` says the
+            model gives the same vectors packed; True requires it (ValueError if not); False never packs.
     """
 
     def __init__(
@@ -200,7 +190,8 @@ class MicroBatcher:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if batch_timeout_ms < 0:
             raise ValueError(f"batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
-        supported = embedder.supports_packing if packing is not False else False
+        self.packer = PackedEncoder(embedder)
+        supported = self.packer.supported if packing is not False else False
         if packing and not supported:
             raise ValueError(
                 "packing was asked for, but this model does not give the same embeddings for packed sequences "
@@ -243,7 +234,7 @@ class MicroBatcher:
         if not rows:
             future.set_result(np.zeros((0, self.embedder.dim), dtype=np.float32))
             return future
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        order = longest_first([len(r) for r in rows])
         self._queue.put(_Job(rows, future, order))
         return future
 
@@ -298,12 +289,12 @@ class MicroBatcher:
         replays the server's batches with it)."""
         vectors = np.zeros((len(rows), self.embedder.dim), dtype=np.float32)  # (N, D)
         lengths = [len(r) for r in rows]
-        attention = self.embedder.attention_tokens
+        attention = self.packer.attention_tokens
         packed, runs = plan_passes(lengths, self.max_batch_size, attention, self.packing)
         if packed:
             try:
                 for idx in runs:
-                    vectors[idx] = self.embedder.encode_packed([rows[i] for i in idx])
+                    vectors[idx] = self.packer.encode([rows[i] for i in idx])
                 self.stats.packed_batches += 1
                 return vectors
             except Exception:  # noqa: BLE001 - the padded passes below are the fallback

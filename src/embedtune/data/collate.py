@@ -188,9 +188,14 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, buc
     return [i for b in batches for i in b] + rest
 
 
+def longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices of ``lengths`` from the longest to the shortest; equal lengths keep their order."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Index batches in descending length order (inference: least padding; the first batch is the
     largest, so an out-of-memory error shows at once)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = longest_first(lengths)
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]

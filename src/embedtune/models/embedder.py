@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,9 @@ from torch import nn
 
 from ..config import DEFAULT_MODEL, ModelConfig, resolve_prompt
 from ..data.collate import TextTokenizer, batches_by_length, position_ids
-from . import packing
-from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_dtype, resolve_source
+from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_source
 from .pooling import get_pooler
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from .runtime import autocast_context, eval_mode, parse_autocast, resolve_dtype
 
 CONFIG_NAME = "embedtune.json"
 FORMAT_VERSION = 1
@@ -78,10 +75,8 @@ class Embedder(nn.Module):
         padding_side: ``right`` or ``left``.
         source: where the base model came from (recorded by :meth:`save`).
         autocast: ``bf16`` or ``fp16`` runs :meth:`encode` under ``torch.autocast`` (matrix products in that
-            type; weights and the residual stream keep the load dtype); None (default) does not. On this
-            2-core AVX512-BF16 CPU, ``bf16`` encoded 1.3x (nine benchmarks) to 2x (STSBenchmark) faster than
-            fp32, and the nine-benchmark mean moved by 0.03-0.11 (cosines to the fp32 vectors >= 0.997;
-            docs/results.md). A runtime choice: not saved.
+            type; weights and the residual stream keep the load dtype); None (default) does not. Its speed
+            and its effect on scores are measured in docs/results.md. A runtime choice: not saved.
     """
 
     def __init__(
@@ -104,8 +99,6 @@ class Embedder(nn.Module):
         self._pool = get_pooler(pooling)
         self.normalize = normalize
         self.source = source
-        self._packing: bool | None = None  # supports_packing, probed on first use
-        self._attention_tokens: float | None = None
         self.text_tokenizer = TextTokenizer.from_tokenizer(
             tokenizer,
             getattr(backbone, "config", None),
@@ -121,18 +114,12 @@ class Embedder(nn.Module):
 
     @autocast.setter
     def autocast(self, value: str | None) -> None:
-        if isinstance(value, str) and value.lower() in ("none", "fp32", "off", ""):
-            value = None
-        if value not in AUTOCAST_DTYPES and value is not None:
-            raise ValueError(f"autocast must be bf16, fp16 or none, got {value!r}")
-        self._autocast = value
+        self._autocast = parse_autocast(value)
 
-    def _autocast_context(self, device: torch.device):
-        if self._autocast is None:
-            return nullcontext()
-        if self._autocast == "fp16" and device.type != "cuda":
-            raise ValueError("autocast fp16 needs a GPU; use bf16 on CPUs")
-        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self._autocast])
+    def autocast_context(self):
+        """The context inference runs under: ``torch.autocast`` to :attr:`autocast` on this model's device,
+        or a no-op (ValueError for fp16 off a GPU)."""
+        return autocast_context(self._autocast, self.device)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -217,29 +204,11 @@ class Embedder(nn.Module):
             position_ids=position_ids(attention_mask),
             use_cache=False,
         )
-        return self._pool(out.last_hidden_state, attention_mask)  # (B, D)
+        return self.pool(out.last_hidden_state, attention_mask)  # (B, D)
 
-    def forward_packed(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Id rows -> pooled (N, D) embeddings, not normalized, in one pass over a single packed sequence
-        (:mod:`embedtune.models.packing`; whether a model honours it: :attr:`supports_packing`)."""
-        return packing.forward_packed(self.backbone, self._pool, rows)
-
-    @property
-    def supports_packing(self) -> bool:
-        """Whether :meth:`forward_packed` gives this model's padded-batch vectors (:func:`packing.probe
-        <embedtune.models.packing.probe>`, run once and cached; reset ``_packing`` to None after swapping the
-        backbone). Custom model code that ignores packing (a plain causal mask over the whole sequence, or an
-        all-ones mask that turns transformers' packing detection off) lets rows see each other and fails."""
-        if self._packing is None:
-            self._packing = packing.probe(self)
-        return self._packing
-
-    @property
-    def attention_tokens(self) -> float:
-        """:func:`packing.attention_tokens <embedtune.models.packing.attention_tokens>` of the backbone (cached)."""
-        if self._attention_tokens is None:
-            self._attention_tokens = packing.attention_tokens(self.backbone)
-        return self._attention_tokens
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, L, D) and mask (B, L) -> (B, D) by this embedder's pooling."""
+        return self._pool(hidden, attention_mask)
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         return self.text_tokenizer(texts, max_length)
@@ -280,49 +249,20 @@ class Embedder(nn.Module):
         out = np.zeros((len(rows), self.dim), dtype=np.float32)
         if not rows:
             return out
-        was_training = self.training
-        self.eval()
         device = self.device
-        try:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            with torch.inference_mode(), self._autocast_context(device), tqdm(
-                total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
-            ) as bar:
-                for idx in batches_by_length([len(r) for r in rows], batch_size):
-                    batch = self.text_tokenizer.pad([rows[i] for i in idx])
-                    emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()  # (b, D)
-                    if normalize:
-                        emb = torch.nn.functional.normalize(emb, dim=-1)
-                    out[idx] = emb.cpu().numpy()
-                    bar.update(len(idx))
-        finally:
-            self.train(was_training)
-        return out
-
-    def encode_packed(self, rows: Sequence[Sequence[int]], normalize: bool | None = None) -> np.ndarray:
-        """Embed id rows (as made by ``self.text_tokenizer.ids``) in one packed pass (:meth:`forward_packed`).
-        Returns float32 (N, D) in input order. For groups of texts that arrived together (a server batch);
-        a corpus is faster through :meth:`encode_ids`, whose length-sorted batches carry no padding either.
-
-        Raises:
-            ValueError: this model does not give the padded vectors when packed (:attr:`supports_packing`).
-        """
-        if not self.supports_packing:
-            raise ValueError("this model does not give the same embeddings for packed sequences; use encode_ids")
-        normalize = self.normalize if normalize is None else normalize
-        if not rows:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode(), self._autocast_context(self.device):
-                emb = self.forward_packed(rows).float()  # (N, D)
+        with eval_mode(self), torch.inference_mode(), self.autocast_context(), tqdm(
+            total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
+        ) as bar:
+            for idx in batches_by_length([len(r) for r in rows], batch_size):
+                batch = self.text_tokenizer.pad([rows[i] for i in idx])
+                emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()  # (b, D)
                 if normalize:
                     emb = torch.nn.functional.normalize(emb, dim=-1)
-                return emb.cpu().numpy()
-        finally:
-            self.train(was_training)
+                out[idx] = emb.cpu().numpy()
+                bar.update(len(idx))
+        return out
 
     # ---- persistence ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

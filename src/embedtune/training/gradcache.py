@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.collate import batches_by_length, longest_first
 from .distributed import gather_with_grad, rank
 from .loss import info_nce
 
@@ -50,18 +51,13 @@ def global_info_nce(
     return info_nce(anchor, pos, neg, temperature, label_offset=rank() * anchor.shape[0])
 
 
-def _chunks(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Rows, longest first, cut into chunks whose padded size (rows x longest row) is at most
     ``max_tokens``; a single row longer than the budget forms a chunk of its own."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     chunks: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in longest_first(lengths):
         if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= max_tokens:
             chunks[-1].append(i)
         else:
@@ -124,7 +120,8 @@ def contrastive_step(
         return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature)
 
     if mini_batch_size is None:
-        chunks = _chunks(rows, b)  # `roles` forwards of B texts each, like one per role but with less padding
+        # `roles` forwards of B texts each, like one per role but with less padding
+        chunks = list(batches_by_length([len(r) for r in rows], b))
         order = torch.tensor([i for c in chunks for i in c], device=device)  # (n,) row of each chunk output
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(n, device=device)
