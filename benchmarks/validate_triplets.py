@@ -35,7 +35,7 @@ WORDS = ("a an the man woman child dog cat people group two three is are was sit
 
 CHILD = r"""
 import json, sys, time
-from embedtune.data import triplets
+from embedtune.data import decontaminate, triplets
 
 def rss(key):
     for line in open("/proc/self/status"):
@@ -53,7 +53,7 @@ elif mode == "load":
 else:  # decontaminate (index build included)
     ex, rep = triplets.read_examples(path)
     t = time.perf_counter()
-    kept, drep = triplets.decontaminate(ex, triplets.sts_sentence_index())
+    kept, drep = decontaminate.decontaminate(ex, decontaminate.sts_sentence_index())
     rows = drep.rows_in
 seconds = time.perf_counter() - t
 print(json.dumps({"rows": rows, "seconds": seconds, "extra_mb": (rss("VmHWM:") - before) / 2**20,

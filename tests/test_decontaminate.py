@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from embedtune.data.decontaminate import OverlapCounter, benchmark_pairs_touched
-from embedtune.data.triplets import Example, decontaminate, normalize_sentence, sts_sentence_index
+from embedtune.data.decontaminate import (
+    OverlapCounter,
+    benchmark_pairs_touched,
+    decontaminate,
+    normalize_sentence,
+    sts_sentence_index,
+)
+from embedtune.data.triplets import Example
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str, float]]) -> None:

@@ -76,7 +76,8 @@ def _run_data(args: argparse.Namespace) -> int:
         if args.json:
             write_text_atomic(args.json, json.dumps(reports, indent=1, ensure_ascii=False) + "\n")
         return 0
-    from ..data.triplets import decontaminate, read_examples, write_examples
+    from ..data.decontaminate import decontaminate
+    from ..data.triplets import read_examples, write_examples
 
     source = expand_data_path(args.file, args.data_dir)
     out = Path(args.out)

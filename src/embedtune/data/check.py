@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .decontaminate import DecontaminationReport, OverlapCounter, benchmark_pairs_touched
-from .triplets import LoadReport, iter_examples
-
-_ROLES = ("anchor", "positive", "negative")
+from .examples import ROLES, LoadReport
+from .triplets import iter_examples
 
 
 def length_stats(lengths: array | list[int], cap: int | None = None) -> dict[str, float | int]:
@@ -105,8 +104,8 @@ def check_file(path_or_name: str | Path, columns: dict[str, str] | None = None, 
     """
     load = LoadReport(str(path_or_name))
     counter = OverlapCounter(index) if index is not None else None
-    lengths: dict[str, array] = {r: array("I") for r in _ROLES}
-    pending: dict[str, list[str]] = {r: [] for r in _ROLES}
+    lengths: dict[str, array] = {r: array("I") for r in ROLES}
+    pending: dict[str, list[str]] = {r: [] for r in ROLES}
     huge = 1 << 30  # measure the full length; truncation is reported as "over cap" instead
 
     def flush(role: str) -> None:
@@ -118,7 +117,7 @@ def check_file(path_or_name: str | Path, columns: dict[str, str] | None = None, 
         if counter is not None:
             counter.match(ex)
         if text_tokenizer is not None:
-            for role in _ROLES:
+            for role in ROLES:
                 text = getattr(ex, role)
                 if text is not None:
                     pending[role].append(text)
@@ -126,9 +125,9 @@ def check_file(path_or_name: str | Path, columns: dict[str, str] | None = None, 
                         flush(role)
     report = CheckReport(load=load)
     if text_tokenizer is not None:
-        for role in _ROLES:
+        for role in ROLES:
             flush(role)
-        report.token_lengths = {r: length_stats(lengths[r], text_tokenizer.max_length) for r in _ROLES
+        report.token_lengths = {r: length_stats(lengths[r], text_tokenizer.max_length) for r in ROLES
                                 if len(lengths[r])}
         report.tokenizer, report.max_length = tokenizer_name, text_tokenizer.max_length
     if counter is not None:

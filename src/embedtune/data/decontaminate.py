@@ -15,13 +15,11 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .triplets import Example
+from .examples import ROLES, Example
 
 _NON_WORD = re.compile(r"[\W_]+")
-_ROLES = ("anchor", "positive", "negative")
 
 
 def normalize_sentence(s: str) -> str:
@@ -48,11 +46,11 @@ def sts_sentence_index(data_dir: str | Path | None = None, tasks: str | list[str
         data_dir: data folder (see :func:`embedtune.data.sts.find_data_dir`).
         tasks: ``all`` (the nine) or benchmark names.
     """
-    from .sts import DEV_TASKS, TASKS, load_sts, resolve_task_names
+    from .sts import ALL_TASKS, load_sts, resolve_task_names
 
     index: dict[str, set[str]] = {}
     for name in resolve_task_names(tasks):
-        task = {**TASKS, **DEV_TASKS}[name]
+        task = ALL_TASKS[name]
         for variant in _variants(task):
             data = load_sts(name, data_dir, variant=variant)
             for s in (*data.sentences1, *data.sentences2):
@@ -113,11 +111,11 @@ class OverlapCounter:
     """Streaming matcher: feed examples one at a time, read a :class:`DecontaminationReport` at the end."""
 
     def __init__(self, index: dict[str, set[str]], benchmarks: Iterable[str] | None = None) -> None:
-        from .sts import DEV_TASKS, TASKS
+        from .sts import ALL_TASKS
 
         self.index = index
         names = set(benchmarks) if benchmarks is not None else set().union(*index.values()) if index else set()
-        order = [n for n in (*TASKS, *DEV_TASKS) if n in names] + sorted(names - set(TASKS) - set(DEV_TASKS))
+        order = [n for n in ALL_TASKS if n in names] + sorted(names - set(ALL_TASKS))
         self.report = DecontaminationReport(per_benchmark=dict.fromkeys(order, 0))
 
     def match(self, example: Example) -> bool:
@@ -125,7 +123,7 @@ class OverlapCounter:
         rep = self.report
         rep.rows_in += 1
         hits: dict[str, set[str]] = {}
-        for role in _ROLES:
+        for role in ROLES:
             text = getattr(example, role)
             if text is None:
                 continue
@@ -169,11 +167,11 @@ def benchmark_pairs_touched(matched_keys: set[str], data_dir: str | Path | None 
 
     The other side of the overlap: how much of each test set a training file has seen.
     """
-    from .sts import DEV_TASKS, TASKS, load_sts, resolve_task_names
+    from .sts import ALL_TASKS, load_sts, resolve_task_names
 
     out: dict[str, tuple[int, int]] = {}
     for name in resolve_task_names(tasks):
-        task = {**TASKS, **DEV_TASKS}[name]
+        task = ALL_TASKS[name]
         touched: set[int] = set()
         total = 0
         for variant in _variants(task):

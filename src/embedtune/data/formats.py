@@ -12,12 +12,10 @@ import json
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .triplets import LoadReport
+from .examples import ROLES, LoadReport
 
-ROLES = ("anchor", "positive", "negative")
 ALIASES: dict[str, tuple[str, ...]] = {
     "anchor": ("sent0", "anchor", "query"),
     "positive": ("sent1", "positive", "pos"),

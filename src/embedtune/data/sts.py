@@ -55,6 +55,9 @@ DEV_TASKS: dict[str, StsTask] = {
                                 hub_split="validation"),
 }
 
+ALL_TASKS: dict[str, StsTask] = {**TASKS, **DEV_TASKS}
+"""Every benchmark this module can load: the nine, then the dev sets."""
+
 ALIASES = {"sts17-en-en": "STS17", "stsb": "STSBenchmark", "sickr": "SICK-R", "sick-r": "SICK-R"}
 
 
@@ -110,7 +113,7 @@ def resolve_task_names(tasks: str | list[str] | None) -> list[str]:
         return list(TASKS)
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    known = {**TASKS, **DEV_TASKS}
+    known = ALL_TASKS
     lower = {k.lower(): k for k in known} | ALIASES
     out = []
     for t in tasks:
@@ -182,7 +185,7 @@ def load_sts(name: str, data_dir: str | Path | None = None, variant: str = "mteb
         except FileNotFoundError as exc:
             log.info("%s; trying the hub copy", exc)
             return load_sts_hub(name, variant)
-    task = {**TASKS, **DEV_TASKS}[name]
+    task = ALL_TASKS[name]
     root = find_data_dir(data_dir)
     file = task.file
     if task.has_mteb_like and variant == "mteb_like":
@@ -206,7 +209,7 @@ def load_sts_hub(name: str, variant: str = "mteb_like") -> StsData:
     except ImportError:
         raise ImportError("loading STS from the hub needs 'datasets': pip install 'embedtune[hub]'") from None
     (name,) = resolve_task_names([name])
-    task = {**TASKS, **DEV_TASKS}[name]
+    task = ALL_TASKS[name]
     if variant == "raw" and task.has_mteb_like:
         raise ValueError(f"benchmark {name}: the hub copy ({task.hub_id}) has only the mteb_like text; "
                          "the raw variant needs the data folder")
@@ -242,7 +245,7 @@ def resolve_task_specs(tasks: str | list[str] | None, validate: bool = True) -> 
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     if tasks is None or tasks == "all" or tasks == ["all"]:
         return list(TASKS)
-    benchmarks = {t.lower() for t in {**TASKS, **DEV_TASKS}} | set(ALIASES)
+    benchmarks = {t.lower() for t in ALL_TASKS} | set(ALIASES)
     out: list[str] = []
     seen: dict[str, str] = {}  # lower-case name -> the entry that took it
     for spec in tasks:

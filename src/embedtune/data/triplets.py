@@ -17,14 +17,12 @@ import json
 import logging
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
+from .examples import ROLES, Example, LoadReport
 from .formats import (
     ALIASES,
     MAX_LISTED,
-    ROLES,
     SUFFIXES,
     DataError,
     _BadRow,
@@ -37,76 +35,6 @@ from .formats import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    """One training row. ``negative`` is None for pair sources; ``line`` is where the row starts (1-based)."""
-
-    anchor: str
-    positive: str
-    negative: str | None
-    source: str
-    line: int
-
-
-@dataclass
-class LoadReport:
-    """What reading one input found.
-
-    Attributes:
-        file: the path or data-set name as given.
-        format: csv, tsv, jsonl or hub (``.gz`` noted in ``compressed``).
-        columns: role -> column name used (anchor, positive, and negative when present).
-        has_negatives: whether the input has a hard-negative column.
-        rows: examples kept.
-        skipped: bad rows skipped (``on_bad_row="skip"``).
-        skipped_lines: the first ``MAX_LISTED`` skipped rows as (line, reason).
-        duplicates: rows identical (all used fields) to an earlier row of the same input.
-        duplicates_removed: of those, how many were dropped (``drop_duplicates=True``).
-        blank_lines: empty lines (not rows; counted so every line is accounted for).
-        multiline_rows: rows whose quoted field spans several lines.
-        lines: lines (or hub rows) read.
-        compressed: whether the file was gzipped.
-    """
-
-    file: str
-    format: str = ""
-    columns: dict[str, str] = field(default_factory=dict)
-    has_negatives: bool = False
-    rows: int = 0
-    skipped: int = 0
-    skipped_lines: list[tuple[int, str]] = field(default_factory=list)
-    duplicates: int = 0
-    duplicates_removed: int = 0
-    blank_lines: int = 0
-    multiline_rows: int = 0
-    lines: int = 0
-    compressed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["skipped_lines"] = [{"line": n, "reason": r} for n, r in self.skipped_lines]
-        return d
-
-    def summary(self) -> str:
-        kind = "triplets" if self.has_negatives else "pairs (no negative column: in-batch negatives only)"
-        cols = ", ".join(f"{r}={c}" for r, c in self.columns.items())
-        fmt = self.format + (" (gzip)" if self.compressed else "")
-        lines = [
-            f"{self.file}: {fmt}, {kind}; columns {cols}",
-            f"  rows: {self.rows} kept, {self.skipped} skipped, {self.blank_lines} blank lines, "
-            f"{self.lines} lines read",
-            f"  exact duplicates: {self.duplicates}"
-            + (f" ({self.duplicates_removed} removed)" if self.duplicates_removed else " (kept)"),
-        ]
-        if self.multiline_rows:
-            lines.append(f"  rows with a field spanning several lines: {self.multiline_rows}")
-        for n, reason in self.skipped_lines:
-            lines.append(f"  skipped line {n}: {reason}")
-        if self.skipped > len(self.skipped_lines):
-            lines.append(f"  ... and {self.skipped - len(self.skipped_lines)} more skipped rows")
-        return "\n".join(lines)
 
 
 def iter_examples(path_or_name: str | Path, columns: dict[str, str] | None = None, on_bad_row: str = "error", *,
@@ -310,15 +238,7 @@ def write_examples(examples: Iterable[Example], path: str | Path, names: dict[st
     return len(examples)
 
 
-from .decontaminate import (  # noqa: E402  (re-exported: the trainer imports everything from here)
-    DecontaminationReport,
-    decontaminate,
-    normalize_sentence,
-    sts_sentence_index,
-)
-
 __all__ = [
-    "ALIASES", "DataError", "DecontaminationReport", "Example", "LoadReport", "decontaminate", "expand_data_path",
-    "iter_examples", "load_training_data", "normalize_sentence", "parse_columns", "read_examples", "resolve_columns",
-    "sts_sentence_index", "validate", "write_examples",
+    "ALIASES", "DataError", "Example", "LoadReport", "expand_data_path", "iter_examples", "load_training_data",
+    "parse_columns", "read_examples", "resolve_columns", "validate", "write_examples",
 ]

@@ -51,7 +51,7 @@ def write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
     """Dev score vs step as ``curve.json`` and, when matplotlib is installed, ``curve.png``."""
     write_text_atomic(out / "curve.json", json.dumps(curve, indent=2) + "\n")
     try:
-        from ..evaluation.report import plot_curve
+        from ..evaluation.plots import plot_curve
 
         plot_curve(curve, out / "curve.png")
     except ImportError as exc:
@@ -71,7 +71,7 @@ def prepare_examples(cfg: RunConfig, examples: list | None, out: Path | None) ->
         report["files"] = [r.to_dict() for r in loads]
     report["rows_read"] = len(examples)
     if dc.decontaminate:
-        from ..data.triplets import decontaminate, sts_sentence_index
+        from ..data.decontaminate import decontaminate, sts_sentence_index
 
         examples, removed = decontaminate(examples, sts_sentence_index(dc.data_dir))
         report["decontamination"] = removed.to_dict()
@@ -79,7 +79,7 @@ def prepare_examples(cfg: RunConfig, examples: list | None, out: Path | None) ->
             write_text_atomic(out / "decontamination.json", json.dumps(removed.to_dict(), indent=2) + "\n")
         log.info("decontamination: %s", removed.summary())
     else:
-        report["decontamination"] = "off (train.decontaminate=false): rows overlapping the STS tests were kept"
+        report["decontamination"] = "off (data.decontaminate=false): rows overlapping the STS tests were kept"
     if dc.max_rows is not None and len(examples) > dc.max_rows:
         report["max_rows"] = dc.max_rows
         examples = examples[: dc.max_rows]
