@@ -212,8 +212,8 @@ def _timed(name: str, encoder, texts: list[str], n_pairs: int, gold: list[float]
 def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, same, agree, args, *,
                   ratio_a16, gflops, tokens, body_params, peer_ratios) -> None:
     """Replace (or append) the ``## Encoding speed`` section of docs/benchmarks.md, leaving the others alone."""
-    from embedtune.evaluation.report import git_commit
     from embedtune.io import write_text_atomic
+    from embedtune.provenance import git_commit
 
     cpu = platform.processor() or platform.machine()
     try:

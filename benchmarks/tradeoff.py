@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_section(md: str, args) -> None:
-    from embedtune.evaluation.report import git_commit, machine_info
     from embedtune.io import write_text_atomic
+    from embedtune.provenance import git_commit, machine_info
 
     machine = machine_info()
     command = " ".join(["benchmarks/tradeoff.py", *args.candidates, f"--batch-size {args.batch_size}",

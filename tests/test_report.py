@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedtune.cli import main
-from embedtune.evaluation import report
+from embedtune.evaluation import plots
 from embedtune.evaluation.report import (
     RESULTS_SCHEMA_VERSION,
     ResultsError,
@@ -137,7 +137,7 @@ def test_plots_name_the_extra_without_matplotlib(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match=r"embedtune\[plot\]"):
-        report.plot_curve([{"step": 1, "cosine_spearman": 1.0}], tmp_path / "c.png")
+        plots.plot_curve([{"step": 1, "cosine_spearman": 1.0}], tmp_path / "c.png")
 
 
 # ---- the commands, on a tiny model and a tiny data folder --------------------------------------------------

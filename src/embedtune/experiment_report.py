@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .evaluation.report import MAIN_METRIC, compare, markdown_table, plot_curve
+from .evaluation.plots import plot_curve
+from .evaluation.report import MAIN_METRIC, compare, markdown_table
 from .io import write_text_atomic
 
 FACTOR_TITLES = {"train.lr": "Learning rate", "model.prompt": "Prompt", "data.hard_negatives": "Hard negatives",

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     _quiet_libraries()
-    from ..evaluation.report import git_commit
+    from ..provenance import git_commit
 
     git_commit()  # record the commit of the code this process runs, before a long job lets HEAD move
     _, run = COMMANDS[args.command]

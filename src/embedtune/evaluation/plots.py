@@ -28,6 +28,36 @@ def _save_png(figure, path: Path) -> Path:
     return path
 
 
+def plot_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]], path: str | Path, *,
+              ylabel: str, title: str) -> Path:
+    """A grouped bar chart: one group of bars per entry of ``groups`` (benchmarks, say), one bar per series
+    (a run) in each, a gap where a value is None. The legend sits below the axes: inside, it would cover
+    the tallest bars.
+
+    Raises:
+        ImportError: matplotlib is missing (install the ``plot`` extra).
+    """
+    import numpy as np
+
+    rows = -(-len(series) // 4)  # legend rows
+    n = len(groups) - 1  # the width as sized for the benchmarks, before a mean group was added
+    figure = _figure(width=max(6.0, 1.0 + 0.35 * n * len(series) + 0.6 * n), height=4.0 + 0.25 * rows)
+    ax = figure.add_subplot(1, 1, 1)
+    x = np.arange(len(groups))
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(series), 4))
+    ax.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _save_png(figure, Path(path))
+
+
 def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METRIC) -> Path:
     """Plot a score-vs-step curve (the trainer's dev evaluations) to a PNG.
 

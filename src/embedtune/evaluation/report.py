@@ -16,20 +16,19 @@ Layout of a payload (schema 1)::
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
 import json
 import math
-import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..io import write_text_atomic
-from .plots import _figure, _save_png, plot_curve  # noqa: F401  (plot_curve is part of this API)
+from ..provenance import (
+    environment_meta,
+    git_commit,  # noqa: F401  (still imported from here by benchmarks/gpu_check.py)
+)
+from .plots import plot_bars
 from .sts import StsScores
 
 RESULTS_SCHEMA_VERSION = 1
@@ -48,54 +47,6 @@ class ResultsError(ValueError):
 
 
 # ---- building a payload ---------------------------------------------------------------------------------
-@functools.cache
-def git_commit(path: str | Path | None = None) -> str | None:
-    """The commit of the git checkout holding ``path`` (default: this package), with ``-dirty`` when the
-    tracked files differ from it; None outside a checkout or without git. Cached: the first call (the CLI
-    makes it at start-up) fixes the commit of the code this process runs, even if HEAD moves meanwhile."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def machine_info() -> dict[str, Any]:
-    """What the timings depend on: CPU, core count, Python and torch versions, accelerator."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
-def environment_meta() -> dict[str, Any]:
-    """The meta fields every payload carries: embedtune version, git commit, machine and date (UTC)."""
-    from .. import __version__
-
-    return {
-        "embedtune_version": __version__,
-        "git_commit": git_commit(),
-        "machine": machine_info(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def embedder_meta(embedder: Any, **extra: Any) -> dict[str, Any]:
     """Meta fields describing an :class:`~embedtune.Embedder` (model, pooling, prompt, max_length, dtype).
 
@@ -337,24 +288,8 @@ def compare(payloads: dict[str, dict], out_dir: str | Path, metric: str = MAIN_M
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "comparison.md", f"# STS comparison ({metric}, x100)\n\n{md}\n")
-    rows = -(-len(payloads) // 4)  # legend rows
-    figure = _figure(width=max(6.0, 1.0 + 0.35 * len(tasks) * len(payloads) + 0.6 * len(tasks)),
-                     height=4.0 + 0.25 * rows)
-    ax = figure.add_subplot(1, 1, 1)
-    groups = [*tasks, "mean"]
-    x = np.arange(len(groups))
-    width = 0.8 / len(payloads)
-    for i, (label, payload) in enumerate(payloads.items()):
-        vals = [payload["tasks"][t].get(metric) for t in tasks] + [_mean_std(payload, metric)[0]]
-        heights = [np.nan if v is None else v for v in vals]
-        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(groups, rotation=30, ha="right")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} x100")
-    ax.set_title("STS benchmarks")
-    # Below the axes: inside, the legend covers the tallest bars (the mean group is at the right edge).
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(payloads), 4))
-    ax.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    png = _save_png(figure, out / "comparison.png")
+    series = {label: [payload["tasks"][t].get(metric) for t in tasks] + [_mean_std(payload, metric)[0]]
+              for label, payload in payloads.items()}
+    png = plot_bars([*tasks, "mean"], series, out / "comparison.png", ylabel=f"{metric.replace('_', ' ')} x100",
+                    title="STS benchmarks")
     return md, png
