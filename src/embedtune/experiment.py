@@ -59,7 +59,7 @@ class ExperimentSpec:
     eval_batch_size: int = 64
     eval_best: bool = True
     eval_base: bool = True  # false: skip the untrained model's evaluation (probes that compare trained cells)
-    eval_autocast: str | None = None  # bf16: evaluate under autocast (1.3x faster over the nine here)
+    eval_autocast: str | None = None  # bf16: evaluate under autocast (faster on CPUs with bf16 support)
 
     def recipe(self) -> RunConfig:
         """The base recipe with the spec's overrides: what the reference cell trains, unless ``reference``

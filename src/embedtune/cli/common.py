@@ -8,8 +8,8 @@ from pathlib import Path
 from ..config import DEFAULT_MODEL
 
 AUTOCAST_CHOICES = ("none", "bf16", "fp16")
-AUTOCAST_HELP = ("run inference under torch.autocast: bf16 encodes 1.3-2x faster on CPUs with AVX512-BF16/AMX, "
-                 "nine-benchmark means within 0.11 of fp32 (docs/results.md); default none")
+AUTOCAST_HELP = ("run inference under torch.autocast (weights stay in their dtype): bf16 is faster on CPUs with "
+                 "AVX512-BF16/AMX, at scores close to fp32 (docs/benchmarks.md, docs/results.md); default none")
 
 
 class CliError(Exception):

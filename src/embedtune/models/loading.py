@@ -101,9 +101,8 @@ def resolve_attn_implementation(attn: str | None, device: str | torch.device) ->
     """The attention kernel to ask transformers for; None lets transformers choose (sdpa where supported).
 
     ``auto`` is ``eager`` on CPU: for the short texts of contrastive training, the CPU flash-attention
-    backward of ``sdpa`` took 28% of a training step (benchmarks/train_speed.py; docs/benchmarks.md), while
-    eager attention's plain matrix products are as fast in inference and made demo training 1.3x faster
-    (1.6x in a profiled step).
+    backward of ``sdpa`` is slow, while eager attention's plain matrix products are as fast in inference and
+    faster in training (benchmarks/train_speed.py; docs/benchmarks.md).
     On GPUs ``auto`` keeps transformers' choice.
     """
     if attn in (None, "auto"):
