@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ours32 = ours["float32"]
     del ours["bfloat16"]
     # Arithmetic done per second: 2 FLOPs per non-embedding parameter per token (attention's own products are
-    # small at these lengths). It shows how close fp32 runs to what 2 cores can do.
+    # small at these lengths). It shows how close fp32 runs to what the CPU's cores can do.
     tokens = sum(len(r) for r in ours32.text_tokenizer.ids(texts))
     body_params = sum(p.numel() for name, p in ours32.backbone.named_parameters() if "embed_tokens" not in name)
 

@@ -1,11 +1,12 @@
 """Packed against padded passes for the server's batches, without HTTP.
 
 The server embeds whatever arrived together: ``--group`` random STSBenchmark test sentences at a time
-(16 is the mean batch the 10,000-request serving benchmark saw with 32 clients). This replays the same
-groups three ways in one process, alternating ``--repeats`` times (the machine's speed drifts):
+(default 16, a typical server batch under concurrent load). This replays the same groups three ways in
+one process, alternating ``--repeats`` times (a machine's speed drifts):
 
 * padded: ``MicroBatcher(packing=False).embed_batch`` (passes cut by ``least_cost_chunks``);
-* packed: ``MicroBatcher(packing=True).embed_batch`` (one packed sequence per pass, ``plan_passes``);
+* packed: ``MicroBatcher(packing=True).embed_batch`` (packed or padded passes, whichever ``plan_passes``
+  estimates cheaper for each group, as the server does);
 * ``Embedder.encode_ids`` over all texts sorted by length (batch ``--batch-size``), the ceiling.
 
 Prints texts/s for each and the ratios packed/padded and encode/packed.
