@@ -14,28 +14,30 @@ from ..config import LoraConfig
 
 log = logging.getLogger(__name__)
 
-# model_type -> names of the query and value projections (fused qkv where a family fuses them).
-QV_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "gemma2": ["q_proj", "v_proj"],
-    "gemma3_text": ["q_proj", "v_proj"],
-    "minicpm": ["q_proj", "v_proj"],
-    "phi": ["q_proj", "v_proj"],
-    "stablelm": ["q_proj", "v_proj"],
-    "opt": ["q_proj", "v_proj"],
-    "phi3": ["qkv_proj"],
-    "gpt2": ["c_attn"],
-    "gpt_neox": ["query_key_value"],
-    "falcon": ["query_key_value"],
-    "bloom": ["query_key_value"],
-    "gpt_bigcode": ["c_attn"],
-    "mpt": ["Wqkv"],
-}
 PAPER_TARGETS = ["q_proj", "v_proj"]
+
+# The paper adapts the query and value projections. PEFT's own per-family defaults
+# (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) name them for most families (GPT-2's fused c_attn,
+# GPT-NeoX's query_key_value ...); these entries are the families where PEFT's default is something else
+# or missing, with the paper's choice spelt out.
+QV_OVERRIDES: dict[str, list[str]] = {
+    "phi": ["q_proj", "v_proj"],  # PEFT's default adds the MLP's fc1 and fc2
+    "nemotron_h": ["q_proj", "v_proj"],  # PEFT's default adds k_proj and o_proj
+    "btlm": ["c_attn"],  # PEFT's default adds the output projection c_proj
+    "minicpm": ["q_proj", "v_proj"],  # not in PEFT's table
+    "phi3": ["qkv_proj"],  # not in PEFT's table; Phi-3 fuses q, k and v into one projection
+}
+
+
+def qv_targets(model_type: str | None) -> list[str] | None:
+    """The query/value projection names of a model family (``config.model_type``): :data:`QV_OVERRIDES`,
+    else PEFT's default for the family when it is a list of names; None when neither knows the family."""
+    if model_type in QV_OVERRIDES:
+        return QV_OVERRIDES[model_type]
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
+
+    targets = peft_defaults.get(model_type)
+    return list(targets) if isinstance(targets, (list, tuple)) else None  # a few entries are regexes
 
 
 def _linear_names(model: nn.Module) -> set[str]:
@@ -57,8 +59,8 @@ def resolve_targets(model: nn.Module, requested: list[str] | str) -> list[str] |
         return "all-linear"
     requested = [requested] if isinstance(requested, str) else list(requested)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if sorted(requested) == sorted(PAPER_TARGETS) and model_type in QV_TARGETS:
-        requested = QV_TARGETS[model_type]
+    if sorted(requested) == sorted(PAPER_TARGETS):
+        requested = qv_targets(model_type) or requested
     available = _linear_names(model)
     missing = [t for t in requested if t not in available]
     if missing:
