@@ -104,12 +104,3 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / world_size()
-
-
-def broadcast_object(obj):
-    """Send a picklable object from rank 0 to every rank."""
-    if world_size() == 1:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
