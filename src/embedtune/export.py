@@ -237,6 +237,31 @@ def _save_tokenizer(tok: Any, folder: Path) -> None:
     _update_json(folder / "tokenizer_config.json", tokenizer_class="TokenizersBackend", padding_side="right")
 
 
+def _st_classes() -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """sentence-transformers' ``SentenceTransformer``, ``Transformer``, ``Pooling`` and ``Normalize`` where the
+    installed version keeps them, and the ``Transformer`` arguments that make it embed plain text.
+
+    Raises:
+        ImportError: sentence-transformers is not installed (the ``st`` extra).
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ImportError(f"the sentence-transformers export needs sentence-transformers: {ST_INSTALL_HINT}") from exc
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+        # Plain text only: with a chat template in the tokenizer (SmolLM2-Instruct has one), version 6
+        # would otherwise render every text as a chat message.
+        text_only = {"modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                     "module_output_name": "token_embeddings"}
+    except ImportError:  # 3.x - 5.x: plain text is the only path
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+
+        text_only = {}
+    return SentenceTransformer, Transformer, Pooling, Normalize, text_only
+
+
 def export_sentence_transformers(
     source: str | Path | Embedder,
     out_dir: str | Path,
@@ -268,21 +293,7 @@ def export_sentence_transformers(
         ImportError: sentence-transformers is not installed (the ``st`` extra).
         NotARunError: ``source`` is a folder that embedtune did not write.
     """
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ImportError(f"the sentence-transformers export needs sentence-transformers: {ST_INSTALL_HINT}") from exc
-    try:  # sentence-transformers >= 6
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-        # Plain text only: with a chat template in the tokenizer (SmolLM2-Instruct has one), version 6
-        # would otherwise render every text as a chat message.
-        text_only = {"modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-                     "module_output_name": "token_embeddings"}
-    except ImportError:  # 3.x - 5.x: plain text is the only path
-        from sentence_transformers.models import Normalize, Pooling, Transformer
-
-        text_only = {}
+    SentenceTransformer, Transformer, Pooling, Normalize, text_only = _st_classes()
     out_dir = Path(out_dir).expanduser()
     _check_target(out_dir, source, overwrite)
     embedder, owned = load_source(source, dtype=dtype, base_model=base_model, trust_remote_code=trust_remote_code)

@@ -37,6 +37,43 @@ from .formats import (
 log = logging.getLogger(__name__)
 
 
+def _open_rows(name: str, columns: dict[str, str] | None, report: LoadReport, progress: bool
+               ) -> tuple[Iterator[tuple[int, dict[str, str] | _BadRow]], _Lines | None]:
+    """The raw rows of a file (by its suffix) or hub data set, as (start line, values or :class:`_BadRow`),
+    and the open file's line reader (None for the hub; the caller closes it). Fills ``report.format``."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        lower = path.name.lower().removesuffix(".gz")
+        fmt = next((f for s, f in SUFFIXES.items() if lower.endswith(s)), None)
+        if fmt is None:
+            raise DataError(name, "unsupported file type", expected="a .csv, .tsv or .jsonl file, optionally .gz")
+        try:
+            lines = _Lines(path, progress)
+        except OSError as exc:
+            raise DataError(name, f"cannot read the file ({exc.strerror or exc})") from None
+        report.format, report.compressed = fmt, lines.compressed
+        rows = _jsonl_rows(lines, name, columns, report) if fmt == "jsonl" else _csv_rows(
+            lines, name, fmt, columns, report)
+        return rows, lines
+    if path.exists():
+        raise DataError(name, "is not a regular file", expected="a .csv, .tsv or .jsonl file")
+    if _looks_like_file(name):
+        raise DataError(name, f"file not found (looked at {path.resolve()})",
+                        expected="an existing file, or a hub data set name")
+    report.format = "hub"
+    return _hub_rows(name, columns, report), None
+
+
+def _with_texts(start: int, values: dict[str, str] | _BadRow, report: LoadReport) -> dict[str, str] | _BadRow:
+    """``values``, or a :class:`_BadRow` naming the first field that is empty or whitespace-only."""
+    if isinstance(values, _BadRow):
+        return values
+    for role, text in values.items():
+        if not text.strip():
+            return _BadRow(start, "empty" if not text else "whitespace-only", report.columns[role], "non-empty text")
+    return values
+
+
 def iter_examples(path_or_name: str | Path, columns: dict[str, str] | None = None, on_bad_row: str = "error", *,
                   report: LoadReport | None = None, drop_duplicates: bool = False, progress: bool = False
                   ) -> Iterator[Example]:
@@ -59,39 +96,13 @@ def iter_examples(path_or_name: str | Path, columns: dict[str, str] | None = Non
     name = str(path_or_name)
     report = report if report is not None else LoadReport(name)
     report.file = name
-    path = Path(name).expanduser()
-    lines: _Lines | None = None
-    if path.is_file():
-        lower = path.name.lower().removesuffix(".gz")
-        fmt = next((f for s, f in SUFFIXES.items() if lower.endswith(s)), None)
-        if fmt is None:
-            raise DataError(name, "unsupported file type", expected="a .csv, .tsv or .jsonl file, optionally .gz")
-        try:
-            lines = _Lines(path, progress)
-        except OSError as exc:
-            raise DataError(name, f"cannot read the file ({exc.strerror or exc})") from None
-        report.format, report.compressed = fmt, lines.compressed
-        rows = _jsonl_rows(lines, name, columns, report) if fmt == "jsonl" else _csv_rows(
-            lines, name, fmt, columns, report)
-    elif path.exists():
-        raise DataError(name, "is not a regular file", expected="a .csv, .tsv or .jsonl file")
-    elif _looks_like_file(name):
-        raise DataError(name, f"file not found (looked at {path.resolve()})",
-                        expected="an existing file, or a hub data set name")
-    else:
-        report.format = "hub"
-        rows = _hub_rows(name, columns, report)
+    rows, lines = _open_rows(name, columns, report, progress)
     seen: set[int] = set()
     data_rows = 0
     try:
         for start, values in rows:
             data_rows += 1
-            if not isinstance(values, _BadRow):
-                for role, text in values.items():
-                    if not text.strip():
-                        values = _BadRow(start, "empty" if not text else "whitespace-only", report.columns[role],
-                                         "non-empty text")
-                        break
+            values = _with_texts(start, values, report)
             if isinstance(values, _BadRow):
                 if on_bad_row == "error":
                     raise DataError(name, values.problem, line=values.line, field=values.field,

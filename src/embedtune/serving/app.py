@@ -98,6 +98,9 @@ def create_app(
         A ``fastapi.FastAPI``; ``app.state`` holds ``batcher`` (the
         :class:`~embedtune.batching.MicroBatcher`), ``admission``, ``limits`` and ``text_limits``.
     """
+    # One piece on purpose: the handlers below are closures over this app's batcher, admission, limits and
+    # options; split out, each would take them all as arguments, and the routes would no longer read
+    # together with the state they share.
     fastapi, responses = _import_fastapi()
     from starlette.exceptions import HTTPException as StarletteHTTPException
 

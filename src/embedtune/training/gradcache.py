@@ -105,6 +105,8 @@ def contrastive_step(
     Returns:
         The loss of this process's anchors (float).
     """
+    # One piece on purpose: the plain and the cached step share embed() and loss_of(), and reading them
+    # side by side shows that the cached step computes the same loss and gradients.
     device = torch.device(device)
     rows = batch.rows()
     n, b = len(rows), len(batch)
