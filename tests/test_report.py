@@ -10,13 +10,13 @@ import pytest
 
 from embedtune.cli import main
 from embedtune.evaluation import plots
+from embedtune.evaluation.plots import plot_curve
 from embedtune.evaluation.report import (
     RESULTS_SCHEMA_VERSION,
     ResultsError,
     compare,
     load_results,
     markdown_table,
-    plot_curve,
     results_payload,
     write_results,
 )
