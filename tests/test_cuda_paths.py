@@ -116,8 +116,10 @@ def test_fp16_autocast_is_cuda_autocast_and_refused_on_cpus(tiny_llama):
     assert (ctx.device, ctx.fast_dtype) == ("cuda", torch.float16)
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         make_autocast("fp16", torch.device("cpu"))
+    from embedtune.models.runtime import autocast_context
+
     emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", autocast="fp16")  # the same for encode()
-    ctx = quiet_autocast(lambda: emb._autocast_context(torch.device("cuda", 0)))
+    ctx = quiet_autocast(lambda: autocast_context(emb.autocast, torch.device("cuda", 0)))  # as on a GPU model
     assert (ctx.device, ctx.fast_dtype) == ("cuda", torch.float16)
 
 
