@@ -92,10 +92,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"{path} is not a complete embedtune checkpoint (no state.json)")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
-    unknown = [n for n in weights if n not in params]
-    if unknown:
-        raise ValueError(f"{path}: checkpoint has parameters this model lacks (e.g. {unknown[0]}); "
-                         "was it made with another model or LoRA config?")
+    check_matches(path, weights, {n: p for n, p in params.items() if p.requires_grad})
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
@@ -106,6 +103,27 @@ def load_checkpoint(
         scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def check_matches(path: Path, weights: dict[str, torch.Tensor], trainable: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError unless the checkpoint holds exactly the model's trainable parameters, shape for shape.
+
+    A checkpoint of another model, LoRA rank or target set must not half-load: parameters it lacks would keep
+    their fresh initialisation and training would go on from a state that never existed.
+    """
+    hint = "was it made with another model, model.num_layers or LoRA config (lora.r, lora.target_modules)?"
+    unknown = sorted(set(weights) - set(trainable))
+    if unknown:
+        raise ValueError(f"{path}: the checkpoint has {len(unknown)} parameter(s) this model lacks "
+                         f"(e.g. {unknown[0]}); {hint}")
+    missing = sorted(set(trainable) - set(weights))
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} trainable parameter(s) of this model "
+                         f"(e.g. {missing[0]}); {hint}")
+    for name, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(trainable[name].shape):
+            raise ValueError(f"{path}: parameter {name} has shape {tuple(tensor.shape)} in the checkpoint, "
+                             f"{tuple(trainable[name].shape)} in this model; {hint}")
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:

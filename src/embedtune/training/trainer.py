@@ -27,6 +27,7 @@ from ..config import RunConfig
 from ..io import write_text_atomic
 from ..models.embedder import Embedder
 from ..models.runtime import AUTOCAST_DTYPES
+from ..provenance import environment_meta
 from . import distributed as dist
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .gradcache import ContrastiveBatch, contrastive_step
@@ -179,6 +180,7 @@ class TrainingSetup:
     dev_data: Any  # the dev StsData on rank 0 when evaluating, else None
     metrics: MetricsLogger | None = None
     epoch_cache: dict[int, list[list[int]]] = field(default_factory=dict)  # the current epoch's batches
+    started: dict[str, Any] = field(default_factory=dict)  # provenance (commit, machine, date) at the start
 
     @property
     def local_batch(self) -> int:
@@ -283,7 +285,7 @@ def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | N
         if hold_frozen_linears_in(embedder, AUTOCAST_DTYPES[precision]):
             embedder.autocast = precision  # dev evaluation: the frozen weights are in that type now
     return TrainingSetup(cfg, out, device, examples, data_report, kinds, lengths, steps_per_epoch, total, embedder,
-                         params, optimizer, scheduler, autocast, scaler, dev_data(cfg))
+                         params, optimizer, scheduler, autocast, scaler, dev_data(cfg), started=environment_meta())
 
 
 def resume_state(run: TrainingSetup) -> LoopState:
@@ -369,7 +371,8 @@ def finish_training(run: TrainingSetup, state: LoopState, end: int, seconds: flo
         run.embedder.save(run.out)
         summary = {"steps": run.total, "examples": len(run.examples), "final_loss": state.last_loss,
                    "seconds_this_call": seconds, "world_size": dist.world_size(), "precision": state.precision,
-                   "data": run.data_report, "best_step": state.best_step, "best_score": state.best_score}
+                   "data": run.data_report, "best_step": state.best_step, "best_score": state.best_score,
+                   "started": run.started, "finished": environment_meta()}
         write_text_atomic(run.out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     run.metrics.close()
     dist.barrier()
