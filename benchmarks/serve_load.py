@@ -9,6 +9,12 @@ size in request order, embedded as the server embeds them, ``MicroBatcher.embed_
 ``encode`` into what batching costs and what serving over HTTP costs. Writes the ``## Serving`` section
 of docs/benchmarks.md.
 
+Then, on the same server, the hostile and heavy traffic of issue 16 (``--scenarios``, all by default; see
+``serve_traffic.py``): the same good requests mixed with 1% bad and 0.1% oversized ones, a 30 MB body
+uploaded while small requests are timed (also against a second server whose ``--max-request-bytes`` lets
+it in), and a burst of 5x the clean run's rate. Writes the ``## Serving under hostile and heavy traffic``
+section.
+
     EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py            # 10,000 x 32
     .venv/bin/python benchmarks/serve_load.py --requests 200 --no-docs                # a quick look
 """
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import os
 import platform
 import socket
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from serve_traffic import good_payload, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 STS = ROOT.parent / "shared" / "data" / "sts" / "STSBenchmark" / "test.tsv"
@@ -49,10 +55,10 @@ def free_port() -> int:
 
 
 def start_server(port: int, model: str, batch: int, timeout_ms: float | None = None,
-                 packing: str = "auto") -> subprocess.Popen:
+                 packing: str = "auto", extra: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "embedtune", "serve", model, "--host", "127.0.0.1", "--port", str(port),
            "--model-name", "bench", "--max-batch-size", str(batch), "--device", "cpu", "--log-level", "warning",
-           "--packing", packing]
+           "--packing", packing, *extra]
     if timeout_ms is not None:
         cmd += ["--batch-timeout-ms", str(timeout_ms)]
     proc = subprocess.Popen(cmd, cwd=ROOT)
@@ -70,80 +76,20 @@ def start_server(port: int, model: str, batch: int, timeout_ms: float | None = N
     raise RuntimeError("the server did not come up in 600 s")
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection on raw asyncio streams.
-
-    The load generator shares the machine with the server, so every CPU cycle it spends is taken from the
-    server; a general-purpose client (connection pools, header objects, decoders) would make the server
-    look slower than it is. This one writes a fixed request and reads one response.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, payload: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\n\r\n").encode()
-        self.writer.write(head + payload)
-        await self.writer.drain()
-        header = await self.reader.readuntil(b"\r\n\r\n")
-        lines = header.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        fields = dict(line.partition(":")[::2] for line in lines[1:] if line)
-        length = int(next(v for k, v in fields.items() if k.lower() == "content-length"))
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-async def load(url: str, texts: list[str], concurrency: int) -> tuple[list[float], int, float]:
-    """Send one request per text from ``concurrency`` workers, each on its own keep-alive connection;
-    returns latencies, error count, seconds. A request counts as an error unless it gets a 200 with one
-    embedding of the right kind."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    latencies: list[float] = []
-    errors = 0
-    next_i = 0
-
-    async def worker() -> None:
-        nonlocal next_i, errors
-        conn = _Connection(host, int(port))
-        try:
-            while next_i < len(texts):  # bounded: every worker stops once all texts are taken
-                text = texts[next_i]
-                next_i += 1
-                payload = json.dumps({"input": text, "model": "bench"}).encode()
-                t0 = time.perf_counter()
-                try:
-                    status, body = await conn.post("/v1/embeddings", payload)
-                    data = json.loads(body)["data"] if status == 200 else []
-                    ok = len(data) == 1 and len(data[0]["embedding"]) > 0
-                except (OSError, asyncio.IncompleteReadError, ValueError, KeyError, StopIteration):
-                    conn.close()  # reconnect for the next request
-                    ok = False
-                latencies.append(time.perf_counter() - t0)
-                errors += not ok
-        finally:
-            conn.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - start
+def load(url: str, texts: list[str], concurrency: int) -> tuple[list[float], int, float]:
+    """One request per text from ``concurrency`` keep-alive connections; returns latencies (s), errors,
+    seconds. A request counts as an error unless it gets a 200 with one embedding."""
+    done = asyncio.run(run_jobs(url, [("good", good_payload(t)) for t in texts], concurrency))
+    return done["latencies"], done["failures"]["good"], done["seconds"]
 
 
 def write_section(text: str) -> None:
-    """Replace (or append) the ``## Serving`` section; other sections are left exactly as they are."""
+    """Replace (or append) the section that ``text`` begins with (its ``## `` heading line); other sections
+    are left exactly as they are."""
     doc = DOC.read_text(encoding="utf-8") if DOC.is_file() else (
         "# Benchmarks\n\nSpeed and memory of embedtune's parts; each section is written by its script in "
         "`benchmarks/`.\n")
-    start = doc.find("\n## Serving\n")
+    start = doc.find("\n" + text.splitlines()[0] + "\n")
     if start < 0:
         doc = doc.rstrip("\n") + "\n\n" + text
     else:
@@ -164,10 +110,15 @@ def main() -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default=str(STS))
     ap.add_argument("--no-docs", action="store_true", help="print only; do not edit docs/benchmarks.md")
+    ap.add_argument("--scenarios", default="mixed,big-body,burst",
+                    help="hostile and heavy traffic after the clean run: a comma list of mixed, big-body, burst; "
+                         "or none")
+    ap.add_argument("--burst-factor", type=float, default=5.0, help="burst rate as a multiple of the clean run's")
+    ap.add_argument("--burst-seconds", type=float, default=20.0, help="how long the burst's arrivals last")
+    ap.add_argument("--big-body-mb", type=float, default=30.0, help="size of the big body (MiB)")
+    ap.add_argument("--oversized-mb", type=float, default=10.0, help="size of the mixed run's oversized bodies (MiB)")
     args = ap.parse_args()
     texts = load_texts(Path(args.data), args.requests)
-
-    import torch
 
     from embedtune.batching import MicroBatcher
     from embedtune.models.embedder import Embedder
@@ -187,8 +138,8 @@ def main() -> int:
     proc = start_server(port, args.model, args.batch_size, args.batch_timeout_ms, args.packing)
     try:
         url = f"http://127.0.0.1:{port}"
-        asyncio.run(load(url, texts[: args.concurrency], args.concurrency))  # warm-up
-        latencies, errors, server_s = asyncio.run(load(url, texts, args.concurrency))
+        load(url, texts[: args.concurrency], args.concurrency)  # warm-up
+        latencies, errors, server_s = load(url, texts, args.concurrency)
         health = httpx.get(f"{url}/health").json()
     finally:
         proc.terminate()
@@ -209,25 +160,15 @@ def main() -> int:
     lat = np.array(latencies) * 1000
     server_tps = len(texts) / server_s
     ratio = encode_tps / server_tps
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     timeout_arg = f" --batch-timeout-ms {args.batch_timeout_ms:g}" if args.batch_timeout_ms is not None else ""
     timeout_arg += f" --packing {args.packing}" if args.packing != "auto" else ""
     pass_kind = "packed" if health["packing"] else "padded"
     how = ("packs the texts of each batch end to end into one sequence, with an attention mask that keeps them\n"
-           "apart (no padding; `Embedder.encode_packed`), when `batching.plan_passes` finds that cheaper than "
+           "apart (no padding; `models.packing.PackedEncoder`), when `batching.plan_passes` finds that cheaper than "
            "padded passes"
            if health["packing"] else
            "cuts each batch into the padded passes of least estimated cost (padded tokens plus a per-pass "
            "cost; `batching.least_cost_chunks`)")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     verdict = "**met**" if ratio <= 1.5 and errors == 0 else "**not met**"
     section = f"""## Serving
 
@@ -254,9 +195,7 @@ The server ran {health['batches']:,} batches
 requests) and spent {health['forward_seconds']:.0f} s of its {server_s:.0f} s embedding them.
 `encode` sorts all texts by length before batching, so its batches carry almost no padding; the server
 holds only the texts that arrive together, so it {how}.
-Run {time.strftime("%Y-%m-%d")} at commit {commit}. Machine: {cpu}, {os.cpu_count()} CPU cores
-(1-min load average {os.getloadavg()[0]:.1f} at the end), torch
-{torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}.
+{machine_line()}
 Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
 --concurrency {args.concurrency}{timeout_arg}`
 """
@@ -264,7 +203,43 @@ Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py
     if not args.no_docs:
         write_section(section)
         print(f"wrote the Serving section of {DOC}")
-    return 0 if errors == 0 else 1
+    scenarios = [s for s in args.scenarios.split(",") if s.strip() not in ("", "none")]
+    if not scenarios:
+        return 0 if errors == 0 else 1
+    from serve_traffic import run_scenarios
+
+    def start(extra: tuple[str, ...]) -> tuple[str, subprocess.Popen]:
+        port = free_port()
+        return f"http://127.0.0.1:{port}", start_server(port, args.model, args.batch_size, args.batch_timeout_ms,
+                                                        args.packing, extra)
+
+    clean = {"p99_ms": float(np.percentile(lat, 99)), "p50_ms": float(np.percentile(lat, 50)),
+             "texts_per_s": server_tps, "errors": errors}
+    section, met = run_scenarios(args, texts, clean, start, machine_line())
+    print(section)
+    if not args.no_docs:
+        write_section(section)
+        print(f"wrote the hostile-traffic section of {DOC}")
+    return 0 if errors == 0 and met else 1
+
+
+def machine_line() -> str:
+    """Date, commit, CPU, load, torch and Python of this run (one markdown line)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (f"Run {time.strftime('%Y-%m-%d')} at commit {commit}. Machine: {cpu}, {os.cpu_count()} CPU cores "
+            f"(1-min load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}.")
 
 
 if __name__ == "__main__":

@@ -95,12 +95,11 @@ def least_cost_chunks(
 
     ``Embedder.encode`` sorts a whole corpus by length, so its batches carry almost no padding; a server
     batch holds whatever arrived together, and one pass over all of it pads every short text to the
-    longest (on STSBenchmark sentences that halved the throughput). Many small passes waste less on padding
+    longest. Many small passes waste less on padding
     but pay a fixed cost per pass. The cost of a pass is modelled as ``pass_cost + rows x longest row``
     (padded tokens plus a per-pass cost in tokens; with ``attention_tokens``, plus each row's attention,
     ``rows x longest**2 / attention_tokens``), and the rows, sorted longest first, are cut where the total
-    is least. On the 2-core CPU a pass cost of 48 tokens gave the best throughput for batches of 32 random
-    STSBenchmark sentences (of 16, 48, 96, 192), 1.2x the split where padding exceeds 25% of real tokens.
+    is least. How the default ``pass_cost`` was chosen: docs/benchmarks.md, section "Serving".
     """
     return _least_cost_cuts(lengths, max_size, _padded_cost(pass_cost, attention_tokens))[1]
 

@@ -33,8 +33,8 @@ class ServeLimits:
         "help": "request bodies over this many bytes get 413, from Content-Length before the body is read, or "
                 "as soon as a streamed body passes it"})
     max_queued_texts: int = field(default=512, metadata={
-        "help": "texts admitted and not yet answered (about 15 s of work for the default model on 2 CPU cores; "
-                "raise it on a GPU); a request that would pass it gets 503 with Retry-After (a request arriving "
+        "help": "texts admitted and not yet answered (raise it on a GPU, where the model drains a queue "
+                "faster); a request that would pass it gets 503 with Retry-After (a request arriving "
                 "when nothing is queued is always admitted)"})
     client_timeout: float = field(default=30.0, metadata={
         "help": "seconds a client may take to send a request's head, and then its body (408 and the "
