@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--search", default="auto", choices=["auto", "numpy", "faiss"])
+    ap.add_argument("--range", default="10:50", help="as data mine-negatives --range")
+    ap.add_argument("--margin", type=float, default=0.05, help="as data mine-negatives --margin (a random tiny "
+                    "model for a smoke run needs -1)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--write", action="store_true", help="write the result into docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -90,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             w.writerows(rows)
         start = time.perf_counter()
         _, _, report = mine_file([str(src)], out, lambda: model, batch_size=args.batch_size, backend=args.search,
-                                 progress=True)
+                                 ranks=args.range, margin=args.margin, progress=True)
         mine = time.perf_counter() - start
     ratio = mine / embed
     s = report.seconds
     lines = [
         f"{args.pairs} pairs ({len(anchors)} distinct anchors, {len(positives)} distinct positives), model "
-        f"{args.model}, batch {args.batch_size}, search {report.search}, {os.cpu_count()} CPUs "
+        f"{args.model}, batch {args.batch_size}, ranks {args.range}, margin {args.margin}, search {report.search}, "
+        f"{os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), load average {os.getloadavg()[0]:.1f}",
         f"embedding only: {embed:.1f} s",
         f"mining end to end: {mine:.1f} s = {ratio:.3f} x embedding (target <= 1.2): embedding {s['embed']:.1f} s, "
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_section(lines: list[str], args: argparse.Namespace) -> None:
     body = (f"{SECTION}\n\n`python benchmarks/mine_negatives.py --pairs {args.pairs} --model {args.model} "
-            f"--batch-size {args.batch_size} --search {args.search} --write`\n\n"
+            f"--batch-size {args.batch_size} --search {args.search} --range {args.range} --margin {args.margin} "
+            "--write`\n\n"
             + "\n".join(f"- {line}" for line in lines) + "\n")
     text = DOC.read_text(encoding="utf-8")
     if SECTION in text:

@@ -295,8 +295,9 @@ def mine_file(inputs: Sequence[str], out: str | Path, make_encoder: Callable[[],
     source = getattr(encoder, "source", None)
     report.model = getattr(source, "spec", None)
     if not triplets:
-        raise ValueError(f"no row got a negative (all {report.rows_in} rows ran out of candidates in ranks "
-                         f"{report.range[0]}:{report.range[1]}); widen --range or lower --margin")
+        raise ValueError(f"no row got a negative in ranks {report.range[0]}:{report.range[1]} ({report.rows_in} rows, "
+                         f"{report.candidates} distinct candidates, {report.rejected_as_likely_positive} rejected "
+                         f"within the margin {report.margin} of their positive); widen --range or lower --margin")
     write_examples(triplets, out, names=_output_names(loads[0].columns), with_negatives=True)
     record = Path(report_path) if report_path else out.with_name(out.name + ".report.json")
     try:

@@ -26,7 +26,6 @@ import numpy as np
 from ..io import write_text_atomic
 from ..provenance import (
     environment_meta,
-    git_commit,  # noqa: F401  (still imported from here by benchmarks/gpu_check.py)
 )
 from .plots import plot_bars
 from .sts import StsScores

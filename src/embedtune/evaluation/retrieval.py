@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data.formats import DataError, _Lines
-from ..data.triplets import LoadReport, iter_examples
+from ..data.triplets import iter_examples
 from ..io import write_text_atomic
 from ..search import TopK, l2_normalize
 
@@ -57,7 +57,6 @@ class RetrievalData:
     corpus_file: str | None = None
     corpus_size: int = 0
     corpus_file_duplicates: int = 0
-    load: dict[str, Any] = field(default_factory=dict)
 
     def corpus(self) -> Iterator[str]:
         """Every corpus passage in id order (the corpus file is streamed, not held)."""
@@ -133,19 +132,17 @@ def load_retrieval_data(path: str | Path, corpus_file: str | Path | None = None,
     Raises:
         DataError: a bad row or file (``FILE:LINE: field 'X': ...``), as ``data check`` reports it.
     """
-    report = LoadReport(str(path))
     query_ids: dict[str, int] = {}
     passage_ids: dict[str, int] = {}
     relevant: list[set[int]] = []
-    for ex in iter_examples(str(path), columns, on_bad_row, report=report):
+    for ex in iter_examples(str(path), columns, on_bad_row):
         q = query_ids.setdefault(ex.anchor, len(query_ids))
         if q == len(relevant):
             relevant.append(set())
         relevant[q].add(passage_ids.setdefault(ex.positive, len(passage_ids)))
         if ex.negative is not None:
             passage_ids.setdefault(ex.negative, len(passage_ids))
-    data = RetrievalData(str(path), list(query_ids), [frozenset(r) for r in relevant], list(passage_ids),
-                         load=report.to_dict())
+    data = RetrievalData(str(path), list(query_ids), [frozenset(r) for r in relevant], list(passage_ids))
     data.corpus_size = len(passage_ids)
     if corpus_file is not None:
         data.corpus_file = str(corpus_file)
@@ -256,7 +253,7 @@ def evaluate_retrieval(encoder: Any, data: RetrievalData, *, batch_size: int = 6
 
 def retrieval_payload(scores: RetrievalScores, meta: dict[str, Any]) -> dict[str, Any]:
     """The ``retrieval.json`` payload: the scores plus what was evaluated (version, commit, machine added)."""
-    from .report import environment_meta
+    from ..provenance import environment_meta
 
     return {"schema_version": RETRIEVAL_SCHEMA_VERSION, **scores.to_dict(), "meta": {**environment_meta(), **meta}}
 
