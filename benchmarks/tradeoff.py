@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,19 @@ def build_encoder(meta: dict, dtype: str):
     return Embedder.from_pretrained(meta["model"], device="cpu", dtype=dtype, prompt=meta.get("prompt"),
                                     num_layers=meta.get("num_layers"), max_length=meta.get("max_length") or 128,
                                     pooling=meta.get("pooling") or "last")
+
+
+def run_folder(recorded: str, results: Path) -> str:
+    """The run a results.json evaluated: the recorded folder, or, when that was renamed since (an experiment
+    cell's folder name follows the spec), the ``run`` folder beside the evaluation folder."""
+    if (Path(recorded) / "embedtune.json").is_file():
+        return recorded
+    folder = results.parent if results.suffix == ".json" else results
+    beside = folder.parent / "run"
+    if (beside / "embedtune.json").is_file():
+        print(f"{results}: the recorded run {recorded} is gone; using {beside} beside it", flush=True)
+        return str(beside)
+    raise SystemExit(f"{results}: meta.run {recorded} holds no embedtune.json, nor does {beside}")
 
 
 def time_encoder(encoder, texts: list[str], batch_size: int, repeats: int) -> float:
@@ -110,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             parser.error(f"{item!r}: expected LABEL=RESULTS (an `embedtune eval` output folder or results.json)")
-        candidates.append((label, load_results(path)))
+        payload = load_results(path)
+        if payload["meta"].get("run"):
+            payload["meta"]["run"] = run_folder(payload["meta"]["run"], Path(path))
+        candidates.append((label, payload))
     data = load_sts("STSBenchmark", args.data_dir)
     texts = data.sentences1 + data.sentences2
     rows = measure(candidates, texts, args)
@@ -131,7 +148,7 @@ def write_section(md: str, args) -> None:
     from embedtune.provenance import git_commit, machine_info
 
     machine = machine_info()
-    command = " ".join(["benchmarks/tradeoff.py", *args.candidates, f"--batch-size {args.batch_size}",
+    command = " ".join(["benchmarks/tradeoff.py", *map(shlex.quote, args.candidates), f"--batch-size {args.batch_size}",
                         f"--repeats {args.repeats}"])
     section = "\n".join([
         SECTION, "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,6 +96,19 @@ def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METR
     return _save_png(figure, Path(path))
 
 
+def _plain_number_formatter(minor: bool = False):
+    """Tick labels as plain numbers (30, 100, 300) instead of powers of ten; minor ticks labelled at 2, 3 and 5
+    of each decade only."""
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(x: float, _pos) -> str:
+        if minor and round(x / 10 ** math.floor(math.log10(x))) not in (2, 3, 5):
+            return ""
+        return f"{x:g}"
+
+    return FuncFormatter(fmt)
+
+
 def plot_tradeoff(points: Sequence[dict], path: str | Path, *, xlabel: str = "sentences/s",
                   ylabel: str = "mean STS Spearman x100") -> Path:
     """Quality against speed: one marker per (model, precision), labelled, speed on a log axis.
@@ -116,15 +130,25 @@ def plot_tradeoff(points: Sequence[dict], path: str | Path, *, xlabel: str = "se
     for p in points:
         groups.setdefault(str(p.get("group", "")), []).append(p)
     for group, members in groups.items():
-        ax.scatter([p["speed"] for p in members], [p["score"] for p in members], label=group or None, s=40)
-        for p in members:
-            ax.annotate(str(p["label"]), (p["speed"], p["score"]), textcoords="offset points", xytext=(5, 4),
-                        fontsize="x-small")
+        ax.scatter([p["speed"] for p in members], [p["score"] for p in members], label=group or None, s=40,
+                   zorder=3)
+    by_label: dict[str, list[dict]] = {}
+    for p in points:
+        by_label.setdefault(str(p["label"]), []).append(p)
+    for label, same in by_label.items():  # one model in several precisions: joined, labelled once
+        same = sorted(same, key=lambda p: p["speed"])
+        if len(same) > 1:
+            ax.plot([p["speed"] for p in same], [p["score"] for p in same], color="0.75", lw=0.8, zorder=2)
+        ax.annotate(label, (same[-1]["speed"], same[-1]["score"]), textcoords="offset points", xytext=(6, -3),
+                    fontsize="x-small")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(_plain_number_formatter())
+    ax.xaxis.set_minor_formatter(_plain_number_formatter(minor=True))
+    ax.set_xlim(right=ax.get_xlim()[1] * 2.5)  # room for the labels of the fastest points
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     if any(groups):
-        ax.legend(fontsize="small", loc="lower left")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     figure.tight_layout()
     return _save_png(figure, Path(path))
