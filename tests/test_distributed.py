@@ -73,8 +73,34 @@ def test_two_process_gather_equals_one_process_on_joined_batch(tiny_llama, tmp_p
     assert any(g.abs().sum() > 0 for g in grads.values())
 
 
-def test_rank_and_world_size_are_read_at_call_time():
-    assert not dist.is_distributed()
-    assert (dist.rank(), dist.world_size()) == (0, 1)
+def _late_group_worker(rank: int, world: int, init_file: str, model_dir: str, out: str) -> None:
+    """Build the embedder and a tensor before the process group exists, then train a step once it does."""
+    torch.set_num_threads(1)
+    emb = _embedder(model_dir)  # built while rank()/world_size() still say 0/1
+    before = (dist.is_distributed(), dist.rank(), dist.world_size())
+    x = torch.full((2, 3), float(rank), requires_grad=True)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        after = (dist.is_distributed(), dist.rank(), dist.world_size())
+        gathered = dist.gather_with_grad(x)
+        local = len(TEXTS) // world
+        loss, _ = _step(emb, TEXTS[rank * local : (rank + 1) * local], None)
+        torch.save({"before": before, "after": after, "gathered": gathered.detach(), "loss": loss},
+                   os.path.join(out, f"late{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_rank_and_world_size_are_read_at_call_time(tiny_llama, tmp_path):
+    """Objects made before the process group starts (the embedder, its step) must not have cached rank 0 of 1."""
+    mp.spawn(_late_group_worker, args=(2, str(tmp_path / "init"), str(tiny_llama), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"late{r}.pt") for r in range(2)]
+    joined, _ = _step(_embedder(str(tiny_llama)), TEXTS, None)
+    for r, got in enumerate(ranks):
+        assert got["before"] == (False, 0, 1)
+        assert got["after"] == (True, r, 2)
+        torch.testing.assert_close(got["gathered"], torch.tensor([[0.0] * 3] * 2 + [[1.0] * 3] * 2))
+        assert got["loss"] == pytest.approx(joined, rel=1e-5)  # the step gathered the other rank's half
+    assert not dist.is_distributed() and (dist.rank(), dist.world_size()) == (0, 1)  # this process: none
     x = torch.randn(3, 4, requires_grad=True)
-    assert dist.gather_with_grad(x) is x
+    assert dist.gather_with_grad(x) is x  # and one process gathers nothing
