@@ -212,7 +212,8 @@ def _timed(name: str, encoder, texts: list[str], n_pairs: int, gold: list[float]
 def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, same, agree, args, *,
                   ratio_a16, gflops, tokens, body_params, peer_ratios) -> None:
     """Replace (or append) the ``## Encoding speed`` section of docs/benchmarks.md, leaving the others alone."""
-    from embedtune.io import write_text_atomic
+    from doc_sections import splice
+
     from embedtune.provenance import git_commit
 
     cpu = platform.processor() or platform.machine()
@@ -263,16 +264,7 @@ def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, sam
         "",
     ]
     section = "\n".join(lines)
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else (
-        "# Benchmarks\n\nSpeed and memory of embedtune's parts; each section is written by its script in "
-        "`benchmarks/`.\n")
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(DOC, text)
+    splice(DOC, SECTION, section)
     print(f"updated {DOC} ({SECTION})")
 
 

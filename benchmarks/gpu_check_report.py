@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
+
+from doc_sections import splice  # noqa: F401  (gpu_check.py splices through here)
 
 TITLES = {"a": "(a) Smoke on the device", "b": "(b) The default recipe end to end",
           "c": "(c) The paper's model shapes (random weights)", "d": "(d) torchrun: gathered loss == one process"}
@@ -111,14 +111,3 @@ def render(report: dict[str, Any], section: str, cpu: dict[str, float]) -> str:
         if part["status"] != "skipped" and "error" not in part:
             lines += body[key](part)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def splice(doc: Path, section: str, text: str) -> None:
-    """Replace ``section`` (up to the next ``## `` heading) in ``doc`` by ``text``, or append it."""
-    old = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text.rstrip() + "\n\n", old, count=1).rstrip() + "\n"
-    else:
-        new = old.rstrip() + "\n\n" + text
-    doc.write_text(new, encoding="utf-8")

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from doc_sections import splice
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Hard-negative mining"
@@ -121,14 +123,7 @@ def write_section(lines: list[str], args: argparse.Namespace) -> None:
             f"--batch-size {args.batch_size} --search {args.search} --range {args.range} --margin {args.margin} "
             "--write`\n\n"
             + "\n".join(f"- {line}" for line in lines) + "\n")
-    text = DOC.read_text(encoding="utf-8")
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text, encoding="utf-8")
+    splice(DOC, SECTION, body)
     print(f"updated {DOC} ({SECTION})")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from doc_sections import splice
 from serve_traffic import good_payload, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,18 +87,7 @@ def load(url: str, texts: list[str], concurrency: int) -> tuple[list[float], int
 def write_section(text: str) -> None:
     """Replace (or append) the section that ``text`` begins with (its ``## `` heading line); other sections
     are left exactly as they are."""
-    doc = DOC.read_text(encoding="utf-8") if DOC.is_file() else (
-        "# Benchmarks\n\nSpeed and memory of embedtune's parts; each section is written by its script in "
-        "`benchmarks/`.\n")
-    start = doc.find("\n" + text.splitlines()[0] + "\n")
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + 1)
-        doc = doc[: start + 1] + text + (doc[end:] if end >= 0 else "")
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, DOC)
+    splice(DOC, text.splitlines()[0], text)
 
 
 def main() -> int:

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_section(md: str, args) -> None:
-    from embedtune.io import write_text_atomic
+    from doc_sections import splice
+
     from embedtune.provenance import git_commit, machine_info
 
     machine = machine_info()
@@ -159,14 +160,7 @@ def write_section(md: str, args) -> None:
         f"- Command: `.venv/bin/python {command}`; commit {git_commit(ROOT)}.",
         f"- Machine: {machine.get('processor')}, {os.cpu_count()} CPU cores, 1-min load average "
         f"{os.getloadavg()[0]:.1f} at the end (above the core count: other work shared the cores).", ""])
-    text = DOC.read_text(encoding="utf-8")
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(DOC, text)
+    splice(DOC, SECTION, section)
     print(f"updated {DOC} ({SECTION}) and {PNG}")
 
 

@@ -16,6 +16,8 @@ BENCHMARKS = ROOT / "benchmarks"
 
 
 def _module(name: str):
+    if str(BENCHMARKS) not in sys.path:  # the scripts import their siblings, as when run from benchmarks/
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
