@@ -15,7 +15,7 @@ uploaded while small requests are timed (also against a second server whose ``--
 it in), and a burst of 5x the clean run's rate. Writes the ``## Serving under hostile and heavy traffic``
 section.
 
-    EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py            # 10,000 x 32
+    .venv/bin/python benchmarks/serve_load.py                                         # 10,000 x 32
     .venv/bin/python benchmarks/serve_load.py --requests 200 --no-docs                # a quick look
 """
 
@@ -186,7 +186,7 @@ requests) and spent {health['forward_seconds']:.0f} s of its {server_s:.0f} s em
 `encode` sorts all texts by length before batching, so its batches carry almost no padding; the server
 holds only the texts that arrive together, so it {how}.
 {machine_line()}
-Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
+Command: `.venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
 --concurrency {args.concurrency}{timeout_arg}`
 """
     print(section)

@@ -361,7 +361,7 @@ Refusals counted by the server: {health['refused']}.
 """)
     parts.append(f"""
 {machine}
-Command: `EMBEDTUNE_CACHE=/tmp/etcache .venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
+Command: `.venv/bin/python benchmarks/serve_load.py --requests {args.requests} \
 --concurrency {args.concurrency} --scenarios {args.scenarios} --burst-seconds {args.burst_seconds:g}`
 """)
     return "".join(parts), met

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from embedtune.config import RunConfig, load_config
 from embedtune.models.embedder import Embedder
 from embedtune.training import checkpoint as ckpt
+from embedtune.training.batches import epoch_batches, epoch_order, steps_per_epoch_of
 from embedtune.training.gradcache import (
     ContrastiveBatch,
     contrastive_step,
@@ -20,14 +21,7 @@ from embedtune.training.gradcache import (
 )
 from embedtune.training.lora import apply_lora, enable_gradient_checkpointing, resolve_targets
 from embedtune.training.loss import info_nce
-from embedtune.training.trainer import (
-    TrainingDivergedError,
-    build_embedder,
-    epoch_batches,
-    epoch_order,
-    steps_per_epoch_of,
-    train,
-)
+from embedtune.training.trainer import TrainingDivergedError, build_embedder, train
 
 WORDS = "a man woman dog cat plays sits on in the park street guitar piano runs eats food red blue big small".split()
 
