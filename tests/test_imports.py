@@ -1,4 +1,6 @@
-"""The import graph of embedtune's modules has no cycles.
+"""The import graph of embedtune's modules has no cycles, and its edges point down the layers of
+docs/architecture.md (foundations, data, models, evaluation/export/serving, training, experiments,
+entry points).
 
 Edges are read from the source with ``ast``: every ``import`` and ``from ... import`` naming an embedtune
 module, at any depth (inside functions and ``TYPE_CHECKING`` blocks too), so a cycle hidden behind a
@@ -105,3 +107,53 @@ def test_no_import_cycles():
 def test_no_module_imports_the_package_root():
     """``embedtune/__init__.py`` imports the layers; a layer importing it back would close a loop."""
     assert [name for name, deps in import_graph().items() if "embedtune" in deps] == []
+
+
+# docs/architecture.md, "Layers": imports point down this list, never up.
+LAYERS = [
+    ("foundations", ("embedtune.config", "embedtune.io", "embedtune.provenance", "embedtune.search",
+                     "embedtune._version")),
+    ("data", ("embedtune.data",)),
+    ("models", ("embedtune.models",)),
+    ("evaluation, export, serving", ("embedtune.evaluation", "embedtune.export", "embedtune.batching",
+                                     "embedtune.serving")),
+    ("training", ("embedtune.training",)),
+    ("experiments", ("embedtune.experiment", "embedtune.experiment_report")),
+    ("entry points", ("embedtune.cli", "embedtune.__main__", "embedtune")),
+]
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the most specific prefix naming ``module`` (the root package only matches itself)."""
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "embedtune" and module.startswith(prefix + ".")):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), rank)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer of docs/architecture.md: add it to LAYERS")
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} ({LAYERS[layer_of(name)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+        for name, deps in graph.items()
+        for dep in deps
+        if layer_of(dep) > layer_of(name)
+    )
+
+
+def test_layer_check_finds_an_upward_import():
+    graph = {"embedtune.data.sts": {"embedtune.models.embedder"}, "embedtune.models.embedder": {"embedtune.io"}}
+    assert upward_imports(graph) == ["embedtune.data.sts (data) imports embedtune.models.embedder (models)"]
+
+
+def test_every_module_has_a_layer():
+    for name in import_graph():
+        layer_of(name)
+
+
+def test_imports_point_down_the_layers():
+    assert upward_imports(import_graph()) == []
