@@ -23,6 +23,8 @@ from collections import Counter
 
 import numpy as np
 
+from embedtune.serving.guard import ServeLimits
+
 MiB = 2**20
 
 
@@ -293,8 +295,8 @@ def hostile_section(args, clean: dict, done: dict, machine: str) -> tuple[str, b
     parts = [f"""## Serving under hostile and heavy traffic
 
 Issue 16's targets, measured by `benchmarks/serve_load.py` after the clean run above, on a fresh
-`embedtune serve` of the same model with default limits (max request {4 * MiB:,} bytes, \
-{health['max_queued_texts']} queued texts), the clients on the same cores.
+`embedtune serve` of the same model with default limits (max request {ServeLimits().max_request_bytes:,} bytes, \
+{health['max_queued_texts']} queued texts, {ServeLimits().max_connections} connections), the clients on the same cores.
 """]
     met = True
     if "mixed" in done:
@@ -344,6 +346,8 @@ Every small request completes in under 1 s while the body is in flight: {_verdic
         st = b["statuses"]
         refused = st.get(503, 0) + st.get(429, 0)
         met &= refused > 0 and b["after_status"] == 200
+        by_queue = health["refused"].get("overloaded", 0)  # only the burst fills the queue
+        refusal_counts = ", ".join(f"{code} {n:,}" for code, n in sorted(health["refused"].items())) or "none"
         parts.append(f"""
 Burst: open-loop arrivals at {args.burst_factor:g}x the clean run's rate ({clean['texts_per_s'] * args.burst_factor:.0f}
 requests/s) for {args.burst_seconds:g} s ({b['sent']:,} requests), each on an idle connection or a new one.
@@ -355,9 +359,13 @@ requests/s) for {args.burst_seconds:g} s ({b['sent']:,} requests), each on an id
 | {b['p50'] * 1000:.0f} / {b['p99'] * 1000:.0f} | {b['rss_before']:.0f} / {b['rss_peak']:.0f} \
 | {b['first_ok_s']:.2f} | {b['drained_s']:.2f} | {b['after_latency_s'] * 1000:.0f} |
 
-The excess is refused (503 with Retry-After from the queue cap, or uvicorn's 503 past --max-connections) and
-the service answers again after the burst: {_verdict(refused > 0 and b['after_status'] == 200)}.
-Refusals counted by the server: {health['refused']}.
+The excess is refused and the service answers again after the burst: \
+{_verdict(refused > 0 and b['after_status'] == 200)}. Of the {refused:,} refusals, {by_queue:,} came from the \
+queue cap (503 `overloaded` with Retry-After, counted in `/health`) and {refused - by_queue:,} from uvicorn \
+past --max-connections ({ServeLimits().max_connections}; a plain \
+503, not seen by the app): with one text per request the connection cap binds before the queue cap. A new
+request after the burst waits for those admitted during it to be answered first.
+Refusals `/health` counted over all scenarios, by code: {refusal_counts}.
 """)
     parts.append(f"""
 {machine}
