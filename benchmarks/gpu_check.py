@@ -179,7 +179,7 @@ def smoke_train(check: Check, run: Path, precision: str, mini_batch_size: int | 
         raise Skip("fp16 autocast needs CUDA; tests/test_cuda_paths.py runs this branch with CPU fp16")
     overrides = [f"model.name_or_path={check.model}", f"train.output_dir={run}", f"data.data_dir={check.data_dir}",
                  "data.decontaminate=false", "data.max_rows=64", "model.max_length=32", "train.batch_size=8",
-                 "train.max_steps=3", "train.warmup_steps=1", "train.eval_every=0", "train.save_every=0",
+                 "train.max_steps=3", "train.warmup_steps=1", "eval.every=0", "train.save_every=0",
                  f"train.precision={precision}", f"train.mini_batch_size={mini_batch_size or 'null'}"]
     if precision == "fp16":
         overrides.append("model.dtype=float32")  # fp16 autocast over float32 weights, as GradScaler expects
@@ -305,7 +305,7 @@ def part_recipe(check: Check) -> dict[str, Any]:
     if check.tiny:
         # the recipe's depth cut, scaled to the tiny model's two layers
         overrides += [f"model.name_or_path={check.model}", "model.num_layers=1", "data.max_rows=64",
-                      "train.batch_size=4", "train.max_steps=3", "train.warmup_steps=1", "train.eval_every=0",
+                      "train.batch_size=4", "train.max_steps=3", "train.warmup_steps=1", "eval.every=0",
                       "train.save_every=0"]
     elif check.model != "default":
         overrides.append(f"model.name_or_path={check.model}")

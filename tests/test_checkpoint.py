@@ -121,8 +121,8 @@ def test_best_holds_the_adapter_of_the_best_dev_step(tiny_llama, tmp_path, monke
         return dataclasses.replace(real(data, encode), cosine_spearman=scripted.pop(0))
 
     monkeypatch.setattr(sts_eval, "score_sts", scripted_scores)
-    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=5, eval_every=1, save_every=1, keep_checkpoints=10,
-                   eval_task=str(dev))
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=5, save_every=1, keep_checkpoints=10)
+    cfg.eval.every, cfg.eval.dev_task = 1, str(dev)
     result = train(cfg, examples=make_examples(20), show_progress=False)
     assert (result.best_step, result.best_score) == (2, 0.6)  # the first of equal scores is kept
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())

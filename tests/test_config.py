@@ -36,10 +36,21 @@ def test_overrides_are_typed_and_applied_after_the_file(tmp_path):
     ("trainer.lr=1", "unknown config key 'trainer'; known: data, eval, lora, model, train"),
     ("train=1", "train: expected a section"),
     ("train.lr", "must look like section.key=value"),
+    ("train.eval_every=5", "train.eval_every has moved to eval.every"),  # a key of earlier recipes
+    ("eval.autocast=int8", "eval.autocast: expected bf16, fp16 or none, got 'int8'"),
 ])
 def test_override_errors_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_every_evaluation_setting_is_in_the_eval_section():
+    cfg = load_config(None, ["eval.every=5", "eval.dev_task=dev.tsv", "eval.dev_max_pairs=100",
+                             "eval.tasks=[STS12, BIOSSES]", "eval.autocast=none"])
+    assert (cfg.eval.every, cfg.eval.dev_task, cfg.eval.dev_max_pairs) == (5, "dev.tsv", 100)
+    assert cfg.eval.tasks == ["STS12", "BIOSSES"] and cfg.eval.autocast is None
+    assert load_config(None, ["eval.autocast=bf16"]).eval.autocast == "bf16"
+    assert not any(name.startswith("eval") for name in vars(cfg.train))
 
 
 def test_file_errors_name_the_file(tmp_path):

@@ -48,7 +48,7 @@ def examples(n: int) -> list[Ex]:
 
 def cfg_for(model_dir, out, *overrides: str):
     return load_config(None, [f"model.name_or_path={model_dir}", f"train.output_dir={out}", "data.decontaminate=false",
-                              "lora.r=4", "train.eval_every=0", "train.save_every=0", "train.warmup_steps=1",
+                              "lora.r=4", "eval.every=0", "train.save_every=0", "train.warmup_steps=1",
                               "train.lr=1e-2", "train.batch_size=4", *overrides])
 
 

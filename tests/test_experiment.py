@@ -42,13 +42,13 @@ def _spec(tmp_path, tiny_llama):
         "model": {"name_or_path": str(tiny_llama)},
         "lora": {"r": 4},
         "data": {"train_files": [str(data / "nli.csv")], "data_dir": str(data), "decontaminate": False},
-        "train": {"batch_size": 4, "max_steps": 3, "warmup_steps": 1, "eval_every": 2, "save_every": 0},
+        "train": {"batch_size": 4, "max_steps": 3, "warmup_steps": 1, "save_every": 0},
+        "eval": {"every": 2, "tasks": ["STSBenchmark"]},
     }))
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({
         "name": "tiny", "base_config": str(recipe), "output_dir": str(tmp_path / "out"), "models": [str(tiny_llama)],
         "reference": {"lr": 1e-3}, "ablate": {"lr": [1e-2], "hard_negatives": [False]},
-        "eval_tasks": ["STSBenchmark"],
     }, sort_keys=False))
     return load_spec(exp), data
 
@@ -90,7 +90,7 @@ def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama
     msg = r"cell \S+/cells/\S+ was run with other settings \(config.train.max_steps: 3 -> 5\)"
     with pytest.raises(ValueError, match=msg):
         run_experiment(changed, data_dir=str(data))
-    changed = dataclasses.replace(spec, eval_autocast="bf16")
+    changed = dataclasses.replace(spec, overrides=[*spec.overrides, "eval.autocast=bf16"])
     status, what = cell_status(cells[1], changed, str(data))
     assert status == "stale"
     assert what == ["eval.autocast: None -> 'bf16'", "base eval.autocast: None -> 'bf16'"]
@@ -110,8 +110,12 @@ def test_experiment_spec_errors(tmp_path):
     bad.write_text("name: x\nreference: {model.num_layers: many}\n")
     with pytest.raises(ValueError, match="reference.model.num_layers: model.num_layers: expected an integer"):
         load_spec(bad)
-    bad.write_text("name: x\neval_autocast: int8\n")
-    with pytest.raises(ValueError, match="eval_autocast must be bf16, fp16 or none, got 'int8'"):
+    bad.write_text("name: x\noverrides: [eval.autocast=int8]\n")
+    with pytest.raises(ValueError, match="bad.yaml: eval.autocast: expected bf16, fp16 or none, got 'int8'"):
+        load_spec(bad)
+    bad.write_text("name: x\neval_autocast: bf16\n")  # the key of earlier versions names its new home
+    with pytest.raises(ValueError, match="eval_autocast moved into the recipe's eval section: write "
+                                         "eval.autocast=VALUE under overrides"):
         load_spec(bad)
     bad.write_text("name: x\nmodles: [default]\n")
     with pytest.raises(ValueError, match="unknown key.*modles"):

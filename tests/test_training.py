@@ -45,7 +45,7 @@ def make_examples(n: int, seed: int = 0) -> list[Ex]:
 
 def tiny_cfg(model_dir, out, **train) -> RunConfig:
     cfg = load_config(None, [f"model.name_or_path={model_dir}", f"train.output_dir={out}",
-                             "data.decontaminate=false", "lora.r=4", "train.eval_every=0", "train.warmup_steps=2",
+                             "data.decontaminate=false", "lora.r=4", "eval.every=0", "train.warmup_steps=2",
                              "train.lr=1e-2", "train.batch_size=4", "train.log_every=1"])
     for k, v in train.items():
         setattr(cfg.train, k, v)
@@ -325,7 +325,7 @@ def test_frozen_weights_held_in_bf16_give_the_autocast_step_exactly(tiny_llama, 
 
 
 def test_training_with_frozen_half_weights_saves_an_adapter_that_loads_in_float32(tiny_llama, tmp_path):
-    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=2, precision="bf16", eval_every=0)
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=2, precision="bf16")
     train(cfg, examples=make_examples(8), show_progress=False)
     again = Embedder.load(tmp_path / "run", device="cpu")
     assert all(p.dtype == torch.float32 for p in again.parameters())

@@ -117,20 +117,26 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "keep the last K checkpoints"})
-    eval_every: int = field(default=100, metadata={"help": "evaluate on the dev set every K steps (0: off)"})
-    eval_task: str = field(default="STSBenchmark-dev", metadata={"help": "dev set for model selection"})
-    eval_max_pairs: int | None = field(default=None, metadata={"help": "subsample the dev set for speed"})
     log_every: int = field(default=10, metadata={"help": "write metrics every N steps"})
     resume: str | None = field(default=None, metadata={"help": "auto | checkpoint path"})
 
 
 @dataclass
 class EvalConfig:
-    """How texts are encoded for evaluation: the dev curve during training (``train.eval_*`` says when and on
-    what) and the experiment runner's evaluations."""
+    """Every evaluation setting of a recipe: how texts are encoded and scored, the dev curve the trainer
+    draws (and picks ``best/`` by), and the benchmarks the experiment runner scores each cell on."""
 
     batch_size: int = field(default=64, metadata={"help": "encode batch size"})
     variant: str = field(default="mteb_like", metadata={"help": "STS12-16 text: mteb_like | raw"})
+    every: int = field(default=100, metadata={"help": "score the dev set every K training steps (0: off)"})
+    dev_task: str = field(default="STSBenchmark-dev", metadata={
+        "help": "dev set of the training curve and of best-checkpoint selection: a benchmark name or an STS file"})
+    dev_max_pairs: int | None = field(default=None, metadata={"help": "score only the first N dev pairs (speed)"})
+    tasks: str | list[str] = field(default="all", metadata={
+        "help": "benchmarks the experiment runner scores each cell on: all, or a list of names and STS files"})
+    autocast: str | None = field(default=None, metadata={
+        "help": "bf16|fp16: the experiment runner evaluates under this autocast (faster on CPUs with bf16); "
+                "none: in the weights' dtype"})
 
 
 @dataclass
@@ -200,11 +206,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that recipes of earlier versions used, and where the setting lives now.
+MOVED_KEYS = {"train.eval_every": "eval.every", "train.eval_task": "eval.dev_task",
+              "train.eval_max_pairs": "eval.dev_max_pairs"}
+AUTOCAST_CHOICES = (None, "bf16", "fp16")
+
+
+def _moved(key: str) -> None:
+    if key in MOVED_KEYS:
+        raise ConfigError(f"{key} has moved to {MOVED_KEYS[key]}: every evaluation setting is in the eval section")
+
+
 def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in values.items():
         key = f"{prefix}{name}"
+        _moved(key)
         if name not in names:
             raise ConfigError(f"unknown config key {key!r}; known: {', '.join(sorted(names))}")
         current = getattr(obj, name)
@@ -213,7 +231,12 @@ def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             _update(current, value, f"{key}.")
         else:
-            setattr(obj, name, _coerce(value, hints[name], key))
+            value = _coerce(value, hints[name], key)
+            if key == "eval.autocast":
+                value = None if value in (None, "none") else value
+                if value not in AUTOCAST_CHOICES:
+                    raise ConfigError(f"eval.autocast: expected bf16, fp16 or none, got {value!r}")
+            setattr(obj, name, value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -291,6 +314,7 @@ def field_type(key: str) -> Any:
     Raises:
         ConfigError: the key names no field (the message lists the section's fields).
     """
+    _moved(key)
     obj: Any = RunConfig
     parts = key.split(".")
     for i, name in enumerate(parts):

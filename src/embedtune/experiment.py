@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, RunConfig, coerce_value, get_value, load_config, set_values
+from .config import MOVED_KEYS, ConfigError, EvalConfig, RunConfig, coerce_value, get_value, load_config, set_values
 from .io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,12 @@ FACTOR_ALIASES = {"lr": "train.lr", "prompt": "model.prompt", "hard_negatives": 
 def factor_key(name: str) -> str:
     """The dotted recipe key of a factor (``lr`` -> ``train.lr``; a dotted key is returned as it is)."""
     return FACTOR_ALIASES.get(name, name)
+
+
+# Keys of experiment files of earlier versions, now set in the recipe's eval section.
+MOVED_SPEC_KEYS = {"eval_tasks": "eval.tasks", "eval_autocast": "eval.autocast", "eval_batch_size": "eval.batch_size"}
+# Settings recorded in settings.json under their earlier names: read as the keys they are now.
+RECORDED_AS = {f"config.{old}": f"config.{new}" for old, new in MOVED_KEYS.items()}
 
 
 @dataclass
@@ -55,11 +61,10 @@ class ExperimentSpec:
     ablate: dict[str, list[Any]] = field(default_factory=dict)
     grid: bool = False
     overrides: list[str] = field(default_factory=list)
-    eval_tasks: str | list[str] = "all"
-    eval_batch_size: int = 64
-    eval_best: bool = True
+    # Which models are scored; how they are scored is the recipe's eval section (eval.tasks, eval.autocast,
+    # eval.batch_size), set in the base recipe or through overrides.
+    eval_best: bool = True  # also score best/ when the dev curve picked another step than the last
     eval_base: bool = True  # false: skip the untrained model's evaluation (probes that compare trained cells)
-    eval_autocast: str | None = None  # bf16: evaluate under autocast (faster on CPUs with bf16 support)
 
     def recipe(self) -> RunConfig:
         """The base recipe with the spec's overrides: what the reference cell trains, unless ``reference``
@@ -139,6 +144,10 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"experiment file {p} does not exist")
     data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     known = set(ExperimentSpec.__dataclass_fields__)
+    moved = sorted(set(data) & set(MOVED_SPEC_KEYS))
+    if moved:
+        raise ConfigError(f"{p}: {', '.join(moved)} moved into the recipe's eval section: write "
+                          f"{', '.join(f'{MOVED_SPEC_KEYS[k]}=VALUE' for k in moved)} under overrides")
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -155,9 +164,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
             except ConfigError as exc:
                 raise ConfigError(f"{p}: {section}.{name}: {exc} (a factor is one of "
                                   f"{', '.join(FACTOR_ALIASES)} or a recipe key such as model.num_layers)") from None
-    if data.get("eval_autocast") not in (None, "none", "bf16", "fp16"):
-        raise ConfigError(f"{p}: eval_autocast must be bf16, fp16 or none, got {data['eval_autocast']!r}")
-    return ExperimentSpec(**data)
+    spec = ExperimentSpec(**data)
+    try:
+        spec.recipe()
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return spec
 
 
 def _none(name: str, value: Any) -> Any:
@@ -202,19 +214,19 @@ def expand_cells(spec: ExperimentSpec) -> list[Cell]:
     return list(dict.fromkeys(cells))
 
 
-def _evaluate(load: Callable[[], Any], out: Path, spec: ExperimentSpec, data_dir: str | None, label: str,
+def _evaluate(load: Callable[[], Any], out: Path, settings: EvalConfig, data_dir: str | None, label: str,
               extra: dict) -> dict:
-    """Evaluate ``load()`` on the configured benchmarks unless ``out/results.json`` already exists (resume:
-    then no model is loaded)."""
+    """Evaluate ``load()`` on the recipe's benchmarks (``eval.tasks``) unless ``out/results.json`` already
+    exists (resume: then no model is loaded)."""
     from .evaluation.report import embedder_meta, load_results, results_payload, write_results
     from .evaluation.sts import evaluate_sts
 
     if (out / "results.json").is_file():
         return load_results(out)
     embedder = load()
-    embedder.autocast = spec.eval_autocast
+    embedder.autocast = settings.autocast
     start = time.perf_counter()
-    scores = evaluate_sts(embedder, spec.eval_tasks, data_dir=data_dir, batch_size=spec.eval_batch_size,
+    scores = evaluate_sts(embedder, settings.tasks, data_dir=data_dir, batch_size=settings.batch_size,
                           show_progress=True)
     payload = results_payload(scores, embedder_meta(embedder, label=label, **extra),
                               wall_seconds=time.perf_counter() - start)
@@ -243,6 +255,9 @@ def changed_settings(folder: Path, settings: dict[str, Any]) -> list[str]:
     if not path.is_file():
         return []
     old = _flat(json.loads(path.read_text(encoding="utf-8")))
+    for before, now in RECORDED_AS.items():
+        if before in old and now not in old:
+            old[now] = old.pop(before)
     new = _flat(_plain(settings))
     # A key recorded but no longer in the settings names a setting that was removed from the code (a
     # dead field): nothing computed now can differ by it.
@@ -268,8 +283,8 @@ def check_settings(folder: Path, settings: dict[str, Any], what: str) -> None:
         write_text_atomic(path, json.dumps(_plain(settings), indent=2, sort_keys=True) + "\n")
 
 
-def _eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
-    return {"tasks": spec.eval_tasks, "autocast": spec.eval_autocast, "batch_size": spec.eval_batch_size}
+def _eval_settings(settings: EvalConfig) -> dict[str, Any]:
+    return {"tasks": settings.tasks, "autocast": settings.autocast, "batch_size": settings.batch_size}
 
 
 def _cell_setup(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None):
@@ -288,7 +303,9 @@ def _cell_setup(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | No
     training = cfg.to_dict()
     for section, key in (("train", "output_dir"), ("train", "resume"), ("data", "data_dir")):
         training[section].pop(key, None)  # where things are, not what is computed
-    evaluation = _eval_settings(spec)
+    for key in ("tasks", "autocast"):
+        training["eval"].pop(key)  # how the runner scores, recorded under "eval" below
+    evaluation = _eval_settings(cfg.eval)
     return cfg, {"model": training["model"], "eval": evaluation}, {"config": training, "eval": evaluation}
 
 
@@ -323,7 +340,7 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     record["base"] = None
     if spec.eval_base:
         if not (base_dir / "results.json").is_file():
-            _evaluate(lambda: Embedder.from_config(cfg.model), base_dir, spec, cfg.data.data_dir,
+            _evaluate(lambda: Embedder.from_config(cfg.model), base_dir, cfg.eval, cfg.data.data_dir,
                       f"base {cell.base_key}", {"run": None})
         record["base"] = load_results(base_dir)
 
@@ -334,13 +351,13 @@ def run_cell(cell: Cell, spec: ExperimentSpec, root: Path, data_dir: str | None)
     curve = run_dir / "curve.json"
     record["curve"] = json.loads(curve.read_text(encoding="utf-8")) if curve.is_file() else []
 
-    record["final"] = _evaluate(lambda: Embedder.load(run_dir), cell_dir / "eval_final", spec, cfg.data.data_dir,
+    record["final"] = _evaluate(lambda: Embedder.load(run_dir), cell_dir / "eval_final", cfg.eval, cfg.data.data_dir,
                                 f"{cell.name} final", {"run": str(run_dir)})
     if spec.eval_best and record["train"].get("best_step") == record["train"].get("steps"):
         # The best dev score came at the last step: the best checkpoint holds the final weights.
         record["best"] = {**record["final"], "meta": {**record["final"]["meta"], "same_weights_as": "final"}}
     elif spec.eval_best and (run_dir / "best" / "embedtune.json").is_file():
-        record["best"] = _evaluate(lambda: Embedder.load(run_dir / "best"), cell_dir / "eval_best", spec,
+        record["best"] = _evaluate(lambda: Embedder.load(run_dir / "best"), cell_dir / "eval_best", cfg.eval,
                                    cfg.data.data_dir, f"{cell.name} best", {"run": str(run_dir / "best")})
     return record
 

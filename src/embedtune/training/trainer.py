@@ -176,7 +176,7 @@ def train(
     run = setup_training(cfg, examples, embedder)
     state = resume_state(run)
     run.metrics = MetricsLogger(run.out, enabled=dist.is_main(), append=state.step > 0)
-    evaluating = cfg.train.eval_every > 0
+    evaluating = cfg.eval.every > 0
     if state.step == 0 and evaluating:
         evaluate_dev(run, state)
 
@@ -195,7 +195,7 @@ def train(
         if state.step % cfg.train.log_every == 0 or state.step == total:
             run.metrics.log({"step": state.step, "epoch": state.step / run.steps_per_epoch, "loss": loss, "lr": lr,
                              "grad_norm": grad_norm, "triplets_per_s": rate, "elapsed_s": time.perf_counter() - t0})
-        if evaluating and (state.step % cfg.train.eval_every == 0 or state.step == total):
+        if evaluating and (state.step % cfg.eval.every == 0 or state.step == total):
             evaluate_dev(run, state)
         if cfg.train.save_every > 0 and state.step % cfg.train.save_every == 0 and state.step < total:
             save_training_checkpoint(run, state)
@@ -362,13 +362,13 @@ def _keep_last_good(run: TrainingSetup, state: LoopState, step: int) -> Path | N
 
 
 def dev_data(cfg: RunConfig):
-    """The dev set the loop scores (rank 0 only, cut to ``train.eval_max_pairs``); None when evaluation is off."""
-    if cfg.train.eval_every <= 0 or not dist.is_main():
+    """The dev set the loop scores (rank 0 only, cut to ``eval.dev_max_pairs``); None when evaluation is off."""
+    if cfg.eval.every <= 0 or not dist.is_main():
         return None
     from ..data.sts import load_sts_file_or_task
 
-    data = load_sts_file_or_task(cfg.train.eval_task, cfg.data.data_dir, cfg.eval.variant)
-    return data.head(cfg.train.eval_max_pairs)
+    data = load_sts_file_or_task(cfg.eval.dev_task, cfg.data.data_dir, cfg.eval.variant)
+    return data.head(cfg.eval.dev_max_pairs)
 
 
 def evaluate_dev(run: TrainingSetup, state: LoopState) -> None:
