@@ -136,7 +136,7 @@ class EvalConfig:
         "help": "benchmarks the experiment runner scores each cell on: all, or a list of names and STS files"})
     autocast: str | None = field(default=None, metadata={
         "help": "bf16|fp16: the experiment runner evaluates under this autocast (faster on CPUs with bf16); "
-                "none: in the weights' dtype"})
+                "none: in the weights' dtype", "choices": ("bf16", "fp16", None)})
 
 
 @dataclass
@@ -209,7 +209,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # Keys that recipes of earlier versions used, and where the setting lives now.
 MOVED_KEYS = {"train.eval_every": "eval.every", "train.eval_task": "eval.dev_task",
               "train.eval_max_pairs": "eval.dev_max_pairs"}
-AUTOCAST_CHOICES = (None, "bf16", "fp16")
 
 
 def _moved(key: str) -> None:
@@ -217,9 +216,20 @@ def _moved(key: str) -> None:
         raise ConfigError(f"{key} has moved to {MOVED_KEYS[key]}: every evaluation setting is in the eval section")
 
 
+def _check_choice(value: Any, choices: tuple, key: str) -> Any:
+    """``value`` if it is one of a field's ``choices`` (metadata; ``none`` reads as None), else ConfigError."""
+    if value == "none" and None in choices:
+        value = None
+    if value not in choices:
+        shown = ["none" if c is None else str(c) for c in choices]
+        raise ConfigError(f"{key}: expected {', '.join(shown[:-1])} or {shown[-1]}, got {value!r}")
+    return value
+
+
 def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    names = set(fields)
     for name, value in values.items():
         key = f"{prefix}{name}"
         _moved(key)
@@ -232,10 +242,8 @@ def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
             _update(current, value, f"{key}.")
         else:
             value = _coerce(value, hints[name], key)
-            if key == "eval.autocast":
-                value = None if value in (None, "none") else value
-                if value not in AUTOCAST_CHOICES:
-                    raise ConfigError(f"eval.autocast: expected bf16, fp16 or none, got {value!r}")
+            if "choices" in fields[name].metadata:
+                value = _check_choice(value, fields[name].metadata["choices"], key)
             setattr(obj, name, value)
 
 
