@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
 from embedtune.config import (
     ConfigError,
+    ModelConfig,
     coerce_value,
     field_type,
     get_value,
@@ -38,6 +41,10 @@ def test_overrides_are_typed_and_applied_after_the_file(tmp_path):
     ("train.lr", "must look like section.key=value"),
     ("train.eval_every=5", "train.eval_every has moved to eval.every"),  # a key of earlier recipes
     ("eval.autocast=int8", "eval.autocast: expected bf16, fp16 or none, got 'int8'"),
+    ("train.precision=fp8", "train.precision: expected auto, fp32, bf16 or fp16, got 'fp8'"),
+    ("model.pooling=max", "model.pooling: expected last, mean or weighted_mean, got 'max'"),
+    ("model.padding_side=top", "model.padding_side: expected right or left, got 'top'"),
+    ("train.loss=triplet", "train.loss: expected info_nce or symmetric, got 'triplet'"),
 ])
 def test_override_errors_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -116,3 +123,11 @@ def test_prompts_by_name_or_template():
     assert resolve_prompt("query: {}") == "query: {}" and resolve_prompt(None) is None
     with pytest.raises(ValueError, match="neither a known name"):
         resolve_prompt("no placeholder")
+
+
+def test_the_pooling_choices_are_the_poolers():
+    """config (a foundation) cannot import the models layer, so it lists the poolers' names itself."""
+    from embedtune.models.pooling import POOLERS
+
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(ModelConfig)}["pooling"]
+    assert set(choices) == set(POOLERS)

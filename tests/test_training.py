@@ -16,6 +16,7 @@ from embedtune.training.batches import epoch_batches, epoch_order, steps_per_epo
 from embedtune.training.gradcache import (
     ContrastiveBatch,
     contrastive_step,
+    global_info_nce,
     mini_batch_token_budget,
     token_budget_chunks,
 )
@@ -65,6 +66,17 @@ def test_info_nce_matches_hand_computed_cross_entropy():
     big_p = torch.randn(4, 5)
     torch.testing.assert_close(info_nce(a[:2], big_p, None, 0.05, label_offset=2),
                                F.cross_entropy(cos(a[:2], big_p) / 0.05, torch.tensor([2, 3])))
+
+
+def test_symmetric_loss_adds_the_positive_to_anchor_direction():
+    torch.manual_seed(0)
+    a, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    cos = lambda x, y: F.normalize(x, dim=1) @ F.normalize(y, dim=1).T  # noqa: E731
+    forward = F.cross_entropy(torch.cat([cos(a, p), cos(a, n)], dim=1) / 0.05, torch.arange(4))
+    backward = F.cross_entropy(cos(p, a) / 0.05, torch.arange(4))  # hard negatives play no part here
+    torch.testing.assert_close(global_info_nce(a, p, n, 0.05, symmetric=True), (forward + backward) / 2)
+    torch.testing.assert_close(global_info_nce(a, p, n, 0.05), forward)
+    assert not torch.allclose(forward, backward)  # the two directions differ, so the average is a new loss
 
 
 def _lora_embedder(model_dir, dropout=0.0):

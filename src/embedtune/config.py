@@ -53,7 +53,8 @@ class ModelConfig:
     attn_implementation: str = field(
         default="auto", metadata={"help": "auto (eager on CPU: faster training) | eager | sdpa | flash_attention_2"}
     )
-    pooling: str = field(default="last", metadata={"help": "last (EOS state, the paper's) | mean | weighted_mean"})
+    pooling: str = field(default="last", metadata={"help": "last (EOS state, the paper's) | mean | weighted_mean",
+                                                   "choices": ("last", "mean", "weighted_mean")})
     prompt: str | None = field(default=None, metadata={"help": "none|p1|p2|p3 or a template with {}"})
     max_length: int = field(default=128, metadata={"help": "token cap per text, EOS included"})
     num_layers: int | None = field(
@@ -62,7 +63,8 @@ class ModelConfig:
                           "small LM's middle layers can embed better than its last"},
     )
     normalize: bool = field(default=True, metadata={"help": "L2-normalize embeddings returned by encode()"})
-    padding_side: str = field(default="right", metadata={"help": "right|left; pooling is correct for both"})
+    padding_side: str = field(default="right", metadata={"help": "right|left; pooling is correct for both",
+                                                         "choices": ("right", "left")})
 
 
 @dataclass
@@ -106,8 +108,13 @@ class TrainConfig:
     max_steps: int | None = field(default=1000, metadata={"help": "optimizer steps (None: use epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data when max_steps is None"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
+    loss: str = field(default="info_nce", metadata={
+        "help": "info_nce: each anchor against the batch's positives and hard negatives (the paper); "
+                "symmetric: averaged with each positive against the batch's anchors (no extra forward)",
+        "choices": ("info_nce", "symmetric")})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
-    precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast"})
+    precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast",
+                                                     "choices": ("auto", "fp32", "bf16", "fp16")})
     frozen_half: bool = field(
         default=True,
         metadata={"help": "under bf16/fp16 autocast, hold the frozen linear weights in that type: the same "

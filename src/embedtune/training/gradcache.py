@@ -42,13 +42,27 @@ class ContrastiveBatch:
 
 
 def global_info_nce(
-    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None, temperature: float
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    temperature: float,
+    symmetric: bool = False,
 ) -> torch.Tensor:
     """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
-    labels offset by rank x local batch."""
+    labels offset by rank x local batch.
+
+    ``symmetric`` averages it with the reverse direction: each positive scored against every anchor of the
+    global batch, its own anchor the target (hard negatives belong to anchors and take no part there). Both
+    directions use the same embeddings, so the second costs one (B, W x B) product, not another forward.
+    """
+    offset = rank() * anchor.shape[0]
     pos = gather_with_grad(positive)  # (W * B, D)
     neg = gather_with_grad(negative) if negative is not None else None  # (W * B, D)
-    return info_nce(anchor, pos, neg, temperature, label_offset=rank() * anchor.shape[0])
+    loss = info_nce(anchor, pos, neg, temperature, label_offset=offset)
+    if not symmetric:
+        return loss
+    backward = info_nce(positive, gather_with_grad(anchor), None, temperature, label_offset=offset)
+    return (loss + backward) / 2
 
 
 def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -87,6 +101,7 @@ def contrastive_step(
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     device: torch.device | str = "cpu",
     loss_scale: float = 1.0,
+    symmetric: bool = False,
 ) -> float:
     """Forward and backward for one batch; gradients accumulate in the model's parameters.
 
@@ -101,6 +116,7 @@ def contrastive_step(
         autocast: context factory for mixed precision.
         device: where the model lives.
         loss_scale: multiplies the loss before backward (fp16 loss scaling); the returned loss is unscaled.
+        symmetric: also score each positive against the anchors (see :func:`global_info_nce`).
 
     Returns:
         The loss of this process's anchors (float).
@@ -119,7 +135,7 @@ def contrastive_step(
 
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         neg = emb[2 * b :] if batch.negatives is not None else None
-        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature)
+        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric)
 
     if mini_batch_size is None:
         # `roles` forwards of B texts each, like one per role but with less padding
