@@ -90,6 +90,16 @@ def test_experiment_runs_cells_shares_base_eval_and_resumes(tmp_path, tiny_llama
     msg = r"cell \S+/cells/\S+ was run with other settings \(config.train.max_steps: 3 -> 5\)"
     with pytest.raises(ValueError, match=msg):
         run_experiment(changed, data_dir=str(data))
+    # A recipe field added after a cell ran is recorded nowhere: at its default it computes what the cell
+    # computed, at any other value the cell is stale.
+    recorded = next((tmp_path / "out" / "cells").glob("*/settings.json"))
+    settings = json.loads(recorded.read_text())
+    del settings["config"]["train"]["loss"]
+    recorded.write_text(json.dumps(settings))
+    cell = next(c for c in cells if c.name == recorded.parent.name)
+    assert cell_status(cell, spec, str(data)) == ("done", [])
+    symmetric = dataclasses.replace(spec, overrides=[*spec.overrides, "train.loss=symmetric"])
+    assert cell_status(cell, symmetric, str(data)) == ("stale", ["config.train.loss: None -> 'symmetric'"])
     changed = dataclasses.replace(spec, overrides=[*spec.overrides, "eval.autocast=bf16"])
     status, what = cell_status(cells[1], changed, str(data))
     assert status == "stale"

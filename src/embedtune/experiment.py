@@ -260,8 +260,11 @@ def changed_settings(folder: Path, settings: dict[str, Any]) -> list[str]:
             old[now] = old.pop(before)
     new = _flat(_plain(settings))
     # A key recorded but no longer in the settings names a setting that was removed from the code (a
-    # dead field): nothing computed now can differ by it.
-    keys = sorted(k for k in new if old.get(k) != new.get(k))
+    # dead field): nothing computed now can differ by it. A key not recorded names a recipe field added
+    # since; a new field defaults to what the code did before it existed, so at its default it changes nothing.
+    defaults = _flat(_plain({"config": RunConfig().to_dict()}))
+    keys = sorted(k for k in new if old.get(k) != new.get(k)
+                  and not (k not in old and k in defaults and new[k] == defaults[k]))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
