@@ -36,8 +36,10 @@ demo: $(STAMP)
 
 # Mined hard negatives vs in-batch negatives on the paraphrase pairs (configs/experiments/mined-negatives.yaml):
 # hold 1,000 anchors apart, mine the rest, train both cells, then retrieval on the held-out slice. Resumable:
-# made files and finished cells are kept. DATA is the data folder.
+# made files and finished cells are kept. DATA is the data folder. MINE_MODEL mines: the untrained default
+# model cannot (its EOS states score every pair near 1, so the margin rejects every candidate).
 DATA ?= ../shared/data
+MINE_MODEL ?= all-MiniLM-L6-v2
 MINED := runs/mined-negatives
 MINED_EXP := runs/experiments/mined-negatives
 
@@ -46,7 +48,7 @@ $(MINED)/train.csv.gz: | $(STAMP)
 		--out $@ --held-out-file $(MINED)/held-out.csv.gz
 
 $(MINED)/train-mined.csv.gz: $(MINED)/train.csv.gz
-	$(VENV)/bin/embedtune data mine-negatives $< --out $@ --range 10:50 --margin 0.05
+	$(VENV)/bin/embedtune data mine-negatives $< --out $@ --model $(MINE_MODEL) --range 10:50 --margin 0.05
 
 mined-negatives: $(MINED)/train-mined.csv.gz
 	$(VENV)/bin/embedtune experiment configs/experiments/mined-negatives.yaml --data-dir $(DATA)

@@ -13,7 +13,7 @@ from conftest import WORDS
 
 from embedtune.cli import main
 from embedtune.data.decontaminate import normalize_sentence
-from embedtune.data.mining import mine_hard_negatives
+from embedtune.data.mining import mine_file, mine_hard_negatives
 from embedtune.data.triplets import Example, read_examples
 from embedtune.search import l2_normalize
 
@@ -116,7 +116,8 @@ def test_cli_writes_triplets_that_training_reads(tmp_path, tiny_llama, capsys):
     write_pairs(src)
     out = tmp_path / "mined.tsv.gz"
     assert main(["data", "mine-negatives", str(src), "--out", str(out), "--model", str(tiny_llama),
-                 "--range", "1:5", "--margin", "0.0", "--search", "numpy"]) == 0
+                 "--range", "1:5", "--margin", "0.0", "--search", "numpy",
+                 "--max-dropped", "1"]) == 0  # a random tiny model leaves most rows without a negative
     assert "mined" in capsys.readouterr().out
     examples, load = read_examples(out)
     assert load.has_negatives and load.columns == {"anchor": "sent0", "positive": "sent1", "negative": "hard_neg"}
@@ -145,6 +146,27 @@ def test_cli_accepts_a_run_folder_and_a_peer(tmp_path, tiny_llama):
         examples, load = read_examples(out)
         assert load.columns == {"anchor": "query", "positive": "pos", "negative": "neg"} and len(examples) > 0
         assert json.loads(out.with_name(out.name + ".report.json").read_text())["model"] == str(model)
+
+
+class _Collapsed:
+    """An encoder whose vectors all point nearly one way, as an untrained LM's EOS states do (every cosine > 0.99)."""
+
+    def encode(self, texts, batch_size=64, show_progress=False):
+        rng = np.random.default_rng(len(texts))
+        return np.ones((len(texts), 8)) + 0.01 * rng.standard_normal((len(texts), 8))
+
+
+def test_a_model_that_cannot_separate_the_rows_fails_and_writes_nothing(tmp_path):
+    src = tmp_path / "pairs.csv"
+    write_pairs(src)
+    out = tmp_path / "mined.csv"
+    message = r"(?s)of \d+ rows got no negative.*median score is (0\.99|1\.0).*all-MiniLM-L6-v2"
+    with pytest.raises(ValueError, match=message):
+        mine_file([str(src)], out, _Collapsed, ranks=(1, 5), margin=0.05, backend="numpy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
+    # The same rows with the margin off: every row gets a negative, and the threshold is not in the way.
+    _, _, report = mine_file([str(src)], out, _Collapsed, ranks=(1, 5), margin=-1.0, backend="numpy")
+    assert report.rows_written == report.rows_in > 0 and report.positive_score_median > 0.99
 
 
 @pytest.mark.parametrize("content,args,message", [

@@ -21,6 +21,8 @@ def _add_mine_negatives(dsub) -> None:
                    "candidates to take the negative from (default 10:50)")
     p.add_argument("--margin", type=float, default=0.05, help="reject candidates scoring above the positive's "
                    "score minus this (likely positives; default 0.05)")
+    p.add_argument("--max-dropped", type=float, default=0.5, help="fail, writing nothing, when more than this "
+                   "fraction of the rows gets no negative (the model cannot separate them; default 0.5)")
     p.add_argument("--sampling", choices=["top", "random"], default="top",
                    help="top: the best candidate left in the range; random: a seeded random one")
     p.add_argument("--seed", type=int, default=7, help="seed for --sampling random")
@@ -50,7 +52,8 @@ def _run_mine_negatives(args: argparse.Namespace) -> int:
     files = [expand_data_path(f, args.data_dir) for f in args.files]
     out, record, report = mine_file(
         files, args.out, lambda: _build_embedder(args), report_path=args.report, columns=parse_columns(args.columns),
-        on_bad_row=args.on_bad_row, ranks=ranks, margin=args.margin, sampling=args.sampling, seed=args.seed,
+        on_bad_row=args.on_bad_row, max_dropped=args.max_dropped, ranks=ranks, margin=args.margin,
+        sampling=args.sampling, seed=args.seed,
         batch_size=args.batch_size, backend=args.search, progress=True)
     print(report.summary())
     print(f"wrote {out} ({report.rows_written} triplets) and {record}")

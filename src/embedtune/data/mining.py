@@ -52,6 +52,7 @@ class MiningReport:
     excluded_duplicates: int = 0
     rejected_as_likely_positive: int = 0
     rows_with_rejections: int = 0
+    positive_score_median: float | None = None
     histogram: dict[str, list[float] | list[int]] = field(default_factory=dict)
     search: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -228,6 +229,7 @@ def mine_hard_negatives(examples: Sequence[Example], encoder: Any, *, ranks: tup
     ids, scores, report.search = _search(anchor_emb, cand_emb, need, backend, block_size, progress)
     t_search = time.perf_counter() - start - t_embed
     positive_scores = (anchor_emb[idx.row_anchor] * cand_emb[idx.row_positive]).sum(axis=1)  # (N,)
+    report.positive_score_median = round(float(np.median(positive_scores)), 4) if len(positive_scores) else None
     triplets, chosen, rejected = _select(idx, ids, scores, positive_scores, lo, hi, margin, sampling, seed,
                                          examples, report)
     report.rows_written = len(triplets)
@@ -263,7 +265,8 @@ def check_output_path(out: str | Path, inputs: Sequence[str | Path]) -> Path:
 
 def mine_file(inputs: Sequence[str], out: str | Path, make_encoder: Callable[[], Any], *,
               report_path: str | Path | None = None, columns: dict[str, str] | None = None,
-              on_bad_row: str = "error", **options: Any) -> tuple[Path, Path, MiningReport]:
+              on_bad_row: str = "error", max_dropped: float = 0.5, **options: Any
+              ) -> tuple[Path, Path, MiningReport]:
     """Validate the inputs, then build the encoder, mine, and write the triplets and the JSON report.
 
     Inputs are read (and every row validated, ``FILE:LINE: field ...`` errors) before ``make_encoder`` is
@@ -274,6 +277,8 @@ def mine_file(inputs: Sequence[str], out: str | Path, make_encoder: Callable[[],
         out: triplet file (.csv/.tsv/.jsonl, optionally .gz).
         make_encoder: builds the model (called once, after validation).
         report_path: JSON report (default: ``OUT.report.json``).
+        max_dropped: fail (writing nothing) when more than this fraction of the rows got no negative: the
+            model cannot tell candidates from positives, and a file of the few rows left is not what was asked.
         options: :func:`mine_hard_negatives` arguments (ranks, margin, sampling, seed, batch_size, backend).
 
     Returns:
@@ -294,10 +299,15 @@ def mine_file(inputs: Sequence[str], out: str | Path, make_encoder: Callable[[],
     report.inputs = [load.to_dict() for load in loads]
     source = getattr(encoder, "source", None)
     report.model = getattr(source, "spec", None)
-    if not triplets:
-        raise ValueError(f"no row got a negative in ranks {report.range[0]}:{report.range[1]} ({report.rows_in} rows, "
-                         f"{report.candidates} distinct candidates, {report.rejected_as_likely_positive} rejected "
-                         f"within the margin {report.margin} of their positive); widen --range or lower --margin")
+    if not triplets or report.rows_without_negative > max_dropped * report.rows_in:
+        raise ValueError(
+            f"{report.rows_without_negative} of {report.rows_in} rows got no negative in ranks "
+            f"{report.range[0]}:{report.range[1]} (more than --max-dropped {max_dropped:g}): "
+            f"{report.rejected_as_likely_positive} candidates scored within the margin {report.margin} of their "
+            f"positive, whose median score is {report.positive_score_median}. A model that scores every pair near "
+            "1 (an untrained LM's EOS states all point one way) cannot tell negatives from positives: mine with a "
+            "trained run (--model runs/NAME) or a sentence-transformers model (--model all-MiniLM-L6-v2); or widen "
+            "--range, lower --margin, or raise --max-dropped to keep the rows that did get one")
     write_examples(triplets, out, names=_output_names(loads[0].columns), with_negatives=True)
     record = Path(report_path) if report_path else out.with_name(out.name + ".report.json")
     try:
