@@ -53,3 +53,20 @@ def test_bad_own_file_exits_2_before_the_model_loads(tmp_path, own_file, capsys)
         assert main(["eval", "--model", str(tmp_path / "no-model"), "--tasks", spec, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_num_layers_cuts_a_base_model_and_is_refused_for_a_run(tmp_path, tiny_llama, tiny_sts_dir, capsys):
+    out = tmp_path / "cut"
+    with pytest.warns(UserWarning, match="STS17: 40 pairs"):
+        assert main(["eval", "--model", str(tiny_llama), "--num-layers", "1", "--tasks", "STS17",
+                     "--data-dir", str(tiny_sts_dir), "--out", str(out)]) == 0
+    assert load_results(out)["meta"]["num_layers"] == 1  # of the tiny model's 2
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tiny_llama), "--num-layers", "3", "--tasks", "STS17",
+                 "--data-dir", str(tiny_sts_dir), "--out", str(tmp_path / "deep")]) == 2
+    assert "has 2 decoder layers; choose 1..2" in capsys.readouterr().err
+    assert not (tmp_path / "deep").exists()
+    # A run was trained at a depth; loading it at another would misplace its adapter.
+    assert main(["eval", "--run", str(tmp_path / "some-run"), "--num-layers", "1", "--tasks", "STS17",
+                 "--out", str(tmp_path / "run-out")]) == 2
+    assert "--num-layers applies to a base model" in capsys.readouterr().err

@@ -92,6 +92,8 @@ def test_cli_eval_of_a_peer_writes_the_same_schema_and_compares_with_runs(tiny_s
 def test_peer_refuses_embedtune_only_options(tiny_st, capsys):
     assert main(["eval", "--model", str(tiny_st), "--prompt", "p1", "--tasks", "STS17"]) == 2
     assert "sentence-transformers model" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_st), "--num-layers", "1", "--tasks", "STS17"]) == 2
+    assert "drop --num-layers" in capsys.readouterr().err
 
 
 def test_packaged_peer_without_its_package_says_how_to_install(monkeypatch):

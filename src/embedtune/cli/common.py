@@ -45,6 +45,9 @@ def _model_args(p: argparse.ArgumentParser, with_adapter: bool = True) -> None:
     g.add_argument("--pooling", default=None, help="last|mean|weighted_mean (default: last, or the run's)")
     g.add_argument("--prompt", default=None, help="none|p1|p2|p3 or a template with {} (default: none, or the run's)")
     g.add_argument("--max-length", type=int, default=None, help="token cap per text, EOS included (default 128)")
+    g.add_argument("--num-layers", type=int, default=None,
+                   help="keep only the first N decoder layers of a base model (default: all; a run loads at the "
+                        "depth it was trained at)")
 
 
 def _build_embedder(args: argparse.Namespace):
@@ -69,22 +72,27 @@ def _build_embedder(args: argparse.Namespace):
 
         if resolve_peer(args.model) is not None:
             # A sentence-transformers model (a peer baseline): its own pooling and normalization, no prompt.
-            given = [f"--{k.replace('_', '-')}" for k in ("pooling", "prompt", "max_length")
+            given = [f"--{k.replace('_', '-')}" for k in ("pooling", "prompt", "max_length", "num_layers")
                      if getattr(args, k, None) is not None]
             if given:
                 raise CliError(f"{args.model} is a sentence-transformers model, evaluated with its own pooling, "
-                               f"length and no prompt; drop {', '.join(given)}")
+                               f"length and depth and no prompt; drop {', '.join(given)}")
             return PeerEncoder(args.model, device=args.device, dtype=args.dtype,
                                autocast=getattr(args, "autocast", None))
+    num_layers = getattr(args, "num_layers", None)
+    from_run = run or (adapter and (Path(adapter) / "embedtune.json").is_file() and args.model == DEFAULT_MODEL)
+    if num_layers is not None and from_run:
+        raise CliError(f"--num-layers applies to a base model: {run or adapter} loads at the depth it was trained "
+                       "at (num_layers in its embedtune.json)")
     if run:
         base = args.model if args.model != DEFAULT_MODEL else None
         return Embedder.load(run, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                              base_model=base, **options)
-    if adapter and (Path(adapter) / "embedtune.json").is_file() and args.model == DEFAULT_MODEL:
+    if from_run:
         # A run folder passed as --adapter: reuse its recorded settings unless overridden.
         return Embedder.load(adapter, device=args.device, dtype=args.dtype,
                              trust_remote_code=args.trust_remote_code, **options)
     return Embedder.from_pretrained(
         args.model, adapter=adapter, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
-        trust_remote_code=args.trust_remote_code, **options,
+        trust_remote_code=args.trust_remote_code, num_layers=num_layers, **options,
     )
