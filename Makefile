@@ -53,7 +53,7 @@ $(MINED)/train-mined.csv.gz: $(MINED)/train.csv.gz
 mined-negatives: $(MINED)/train-mined.csv.gz
 	$(VENV)/bin/embedtune experiment configs/experiments/mined-negatives.yaml --data-dir $(DATA)
 	test -f $(MINED_EXP)/base-retrieval/retrieval.json || $(VENV)/bin/embedtune eval --autocast bf16 \
-		--num-layers 24 --retrieval $(MINED)/held-out.csv.gz --out $(MINED_EXP)/base-retrieval  # the cells' depth
+		--num-layers 24 --retrieval $(MINED)/held-out.csv.gz --out $(MINED_EXP)/base-retrieval  # the depth of configs/default-cpu.yaml
 	for cell in $(MINED_EXP)/cells/*/; do test -f $${cell}eval_final/retrieval.json || \
 		$(VENV)/bin/embedtune eval --run $${cell}run --autocast bf16 --retrieval $(MINED)/held-out.csv.gz \
 		--out $${cell}eval_final || exit 1; done
