@@ -172,6 +172,7 @@ def test_a_model_that_cannot_separate_the_rows_fails_and_writes_nothing(tmp_path
 @pytest.mark.parametrize("content,args,message", [
     ("sent0,sent1\na b,c d\ne f,\n", [], "pairs.csv:3: field 'sent1': empty; expected non-empty text"),
     ("sent0,sent1\na b,c d\n", ["--range", "50:10"], "expected 0 <= MIN < MAX"),
+    ("sent0,sent1\na b,c d\n", ["--max-dropped", "1.5"], "--max-dropped 1.5: expected a fraction of the rows"),
     ("sent0,sent1\na b,c d\n", ["--out-is-input"], "is one of the inputs"),
     ("sent0,sent1\na b,c d\n", ["--out", "x.parquet"], "output must end in .csv, .tsv or .jsonl"),
 ])

@@ -288,6 +288,8 @@ def mine_file(inputs: Sequence[str], out: str | Path, make_encoder: Callable[[],
 
     out = check_output_path(out, inputs)
     parse_range(options.get("ranks", (10, 50)))
+    if not 0.0 <= max_dropped <= 1.0:
+        raise ValueError(f"--max-dropped {max_dropped:g}: expected a fraction of the rows, 0 to 1")
     examples: list[Example] = []
     loads: list[LoadReport] = []
     for path in inputs:
