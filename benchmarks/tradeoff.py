@@ -106,6 +106,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_steal_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(stolen, total) CPU ticks since boot from /proc/stat, or None off Linux. On a virtual machine, "steal"
+    is time the host gave to others: a share of it during the timings makes them slower than the model."""
+    try:
+        fields = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def machine_line(processor: str | None, steal: str) -> str:
+    """The section's machine line: cores, the load at the end (the benchmark's own threads count about one per
+    core; only a load above that means other work shared the cores) and the host's steal during the run."""
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    shared = ("above the core count: other work shared the cores" if load > cores + 0.5
+              else "about the benchmark's own threads")
+    return (f"- Machine: {processor}, {cores} CPU cores, 1-min load average {load:.1f} at the end ({shared})"
+            f"{steal}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("candidates", nargs="+", metavar="LABEL=RESULTS")
@@ -130,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         candidates.append((label, payload))
     data = load_sts("STSBenchmark", args.data_dir)
     texts = data.sentences1 + data.sentences2
+    before = cpu_steal_ticks()
     rows = measure(candidates, texts, args)
+    after = cpu_steal_ticks()
+    steal = ""
+    if before and after and after[1] > before[1]:
+        share = (after[0] - before[0]) / (after[1] - before[1])
+        steal = f"; CPU time stolen by the host during the timings: {share:.0%}"
+        print(f"host steal during the timings: {share:.1%}")
     md = table(rows)
     print(md)
     if args.no_write:
@@ -139,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                "group": f"{'peer' if r['peer'] else 'embedtune'}, {r['dtype']} weights"} for r in rows]
     plot_tradeoff(points, PNG, xlabel="sentences/s encoding STSBenchmark test (log scale)",
                   ylabel="mean Spearman x100, nine STS benchmarks")
-    write_section(md, args)
+    write_section(md, args, steal)
     return 0
 
 
-def write_section(md: str, args) -> None:
+def write_section(md: str, args, steal: str = "") -> None:
     from doc_sections import splice
 
     from embedtune.provenance import git_commit, machine_info
@@ -158,8 +185,7 @@ def write_section(md: str, args) -> None:
         "timed with the adapter merged, as `embedtune export --merge` ships them.", "",
         md, "", f"![quality against speed](img/{PNG.name})", "",
         f"- Command: `.venv/bin/python {command}`; commit {git_commit(ROOT)}.",
-        f"- Machine: {machine.get('processor')}, {os.cpu_count()} CPU cores, 1-min load average "
-        f"{os.getloadavg()[0]:.1f} at the end (above the core count: other work shared the cores).", ""])
+        machine_line(machine.get("processor"), steal), ""])
     splice(DOC, SECTION, section)
     print(f"updated {DOC} ({SECTION}) and {PNG}")
 
