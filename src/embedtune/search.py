@@ -3,8 +3,10 @@
 The corpus arrives block by block (an encoder can produce it that way, so a 1M-passage corpus is never held
 as one matrix); :class:`TopK` keeps the running top-k of every query. Order is the total order
 (score descending, corpus id ascending): sentence-transformers' ``InformationRetrievalEvaluator`` breaks ties
-the same way (by ascending corpus id), so ranks never depend on the block size. Scores are float32 inner
-products; give L2-normalized vectors for cosine similarity.
+the same way (by ascending corpus id), so ranks do not depend on the block size. One limit: scores are
+float32 inner products from BLAS, whose kernels may round the same product differently by a row's place in
+a block, so two rows that score within one unit in the last place can swap between block sizes (identical
+rows included). Give L2-normalized vectors for cosine similarity.
 
 With ``backend="faiss"`` (``pip install 'embedtune[faiss]'``) each block is searched by a flat inner-product
 index (exact too, multi-threaded BLAS), with the same tie order; ``"auto"`` takes faiss when it is installed,
