@@ -6,8 +6,8 @@ so this times it on seeded random unit vectors: ``--queries`` x ``--corpus`` vec
 corpus blocks of ``--block-size`` (mining's default), ``--k`` hits per query (mining's ``--range 10:50``
 needs 50 plus the exclusions). Both backends run in one process, on the same vectors, and must return the
 same ids except at near-ties (rows whose exact scores differ by at most TIE_TOLERANCE, which the two float32
-kernels may round into either order); it exits 1 otherwise. The default sizes are those of the 100k-pair run of the "Hard-negative mining" section of
-docs/benchmarks.md (SmolLM2-135M's hidden size, 576).
+kernels may round into either order); it exits 1 otherwise. The default sizes are those of the 100k-pair
+run of the "Hard-negative mining" section of docs/benchmarks.md (SmolLM2-135M's hidden size, 576).
 
 Usage: ``python benchmarks/search_backends.py [--queries 95734] [--corpus 95836] [--dim 576] [--k 52]
 [--write]``; ``--write`` replaces the ``## Exact search backends`` section of docs/benchmarks.md.
