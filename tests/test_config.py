@@ -44,7 +44,7 @@ def test_overrides_are_typed_and_applied_after_the_file(tmp_path):
     ("train.precision=fp8", "train.precision: expected auto, fp32, bf16 or fp16, got 'fp8'"),
     ("model.pooling=max", "model.pooling: expected last, mean or weighted_mean, got 'max'"),
     ("model.padding_side=top", "model.padding_side: expected right or left, got 'top'"),
-    ("train.loss=triplet", "train.loss: expected info_nce or symmetric, got 'triplet'"),
+    ("train.loss=triplet", "train.loss: expected info_nce, symmetric or anchors, got 'triplet'"),
 ])
 def test_override_errors_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError, match=message):

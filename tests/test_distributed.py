@@ -38,34 +38,36 @@ def _embedder(model_dir: str):
     return emb.train()
 
 
-def _step(emb, rows, mini_batch_size, symmetric=False):
+def _step(emb, rows, mini_batch_size, loss="info_nce"):
     tt = emb.text_tokenizer
     batch = ContrastiveBatch(*(tt.ids([r[i] for r in rows]) for i in range(3)))
-    loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=mini_batch_size, symmetric=symmetric)
+    loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=mini_batch_size, symmetric=loss == "symmetric",
+                            anchor_negatives=loss == "anchors")
     params = [p for p in emb.parameters() if p.requires_grad]
     dist.average_gradients(params)
     loss = dist.all_reduce_mean(loss)
     return loss, {n: p.grad.clone() for n, p in emb.named_parameters() if p.requires_grad}
 
 
-def _worker(rank: int, world: int, init_file: str, model_dir: str, mini_batch_size, symmetric, out: str) -> None:
+def _worker(rank: int, world: int, init_file: str, model_dir: str, mini_batch_size, loss, out: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         emb = _embedder(model_dir)
         local = len(TEXTS) // world
-        loss, grads = _step(emb, TEXTS[rank * local : (rank + 1) * local], mini_batch_size, symmetric)
-        torch.save({"loss": loss, "grads": grads}, os.path.join(out, f"rank{rank}.pt"))
+        value, grads = _step(emb, TEXTS[rank * local : (rank + 1) * local], mini_batch_size, loss)
+        torch.save({"loss": value, "grads": grads}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize(("mini_batch_size", "symmetric"), [(None, False), (2, False), (2, True)])
-def test_two_process_gather_equals_one_process_on_joined_batch(tiny_llama, tmp_path, mini_batch_size, symmetric):
-    args = (2, str(tmp_path / "init"), str(tiny_llama), mini_batch_size, symmetric, str(tmp_path))
+@pytest.mark.parametrize(("mini_batch_size", "loss_name"),
+                         [(None, "info_nce"), (2, "info_nce"), (2, "symmetric"), (2, "anchors")])
+def test_two_process_gather_equals_one_process_on_joined_batch(tiny_llama, tmp_path, mini_batch_size, loss_name):
+    args = (2, str(tmp_path / "init"), str(tiny_llama), mini_batch_size, loss_name, str(tmp_path))
     mp.spawn(_worker, args=args, nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    loss, grads = _step(_embedder(str(tiny_llama)), TEXTS, None, symmetric)
+    loss, grads = _step(_embedder(str(tiny_llama)), TEXTS, None, loss_name)
     for r in ranks:  # every rank holds the averaged gradient, like DDP
         assert r["loss"] == pytest.approx(loss, rel=1e-5)
         assert grads.keys() == r["grads"].keys()

@@ -68,6 +68,24 @@ def test_info_nce_matches_hand_computed_cross_entropy():
                                F.cross_entropy(cos(a[:2], big_p) / 0.05, torch.tensor([2, 3])))
 
 
+def test_anchor_negatives_add_the_other_anchors_but_not_the_anchor_itself():
+    torch.manual_seed(0)
+    a, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    cos = lambda x, y: F.normalize(x, dim=1) @ F.normalize(y, dim=1).T  # noqa: E731
+    others = cos(a, a) / 0.05
+    rows = [torch.cat([cos(a, p)[i] / 0.05, cos(a, n)[i] / 0.05, others[i][torch.arange(4) != i]]) for i in range(4)]
+    expected = F.cross_entropy(torch.stack(rows), torch.arange(4))
+    torch.testing.assert_close(global_info_nce(a, p, n, 0.05, anchor_negatives=True), expected)
+    assert global_info_nce(a, p, n, 0.05, anchor_negatives=True) > global_info_nce(a, p, n, 0.05)  # more negatives
+    # rank 1's anchors (gathered rows 2..3) each mask their own row, not rank 0's
+    big_p, big_a = torch.randn(4, 5), torch.cat([torch.randn(2, 5), a[:2]])
+    rows = [torch.cat([cos(a, big_p)[i], cos(a, big_a)[i][torch.arange(4) != 2 + i]]) / 0.05 for i in range(2)]
+    torch.testing.assert_close(info_nce(a[:2], big_p, None, 0.05, label_offset=2, anchor_candidates=big_a),
+                               F.cross_entropy(torch.stack(rows), torch.tensor([2, 3])))
+    with pytest.raises(ValueError, match="anchor candidates"):
+        info_nce(a[:2], p, None, 0.05, label_offset=2, anchor_candidates=a[:3])
+
+
 def test_symmetric_loss_adds_the_positive_to_anchor_direction():
     torch.manual_seed(0)
     a, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)

@@ -110,8 +110,9 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
     loss: str = field(default="info_nce", metadata={
         "help": "info_nce: each anchor against the batch's positives and hard negatives (the paper); "
-                "symmetric: averaged with each positive against the batch's anchors (no extra forward)",
-        "choices": ("info_nce", "symmetric")})
+                "symmetric: averaged with each positive against the batch's anchors (no extra forward); "
+                "anchors: the batch's other anchors are negatives too (GTE's anchor-anchor term)",
+        "choices": ("info_nce", "symmetric", "anchors")})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast",
                                                      "choices": ("auto", "fp32", "bf16", "fp16")})

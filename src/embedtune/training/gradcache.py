@@ -47,6 +47,7 @@ def global_info_nce(
     negative: torch.Tensor | None,
     temperature: float,
     symmetric: bool = False,
+    anchor_negatives: bool = False,
 ) -> torch.Tensor:
     """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
     labels offset by rank x local batch.
@@ -54,11 +55,13 @@ def global_info_nce(
     ``symmetric`` averages it with the reverse direction: each positive scored against every anchor of the
     global batch, its own anchor the target (hard negatives belong to anchors and take no part there). Both
     directions use the same embeddings, so the second costs one (B, W x B) product, not another forward.
+    ``anchor_negatives`` adds the other anchors of the global batch to each anchor's candidates.
     """
     offset = rank() * anchor.shape[0]
     pos = gather_with_grad(positive)  # (W * B, D)
     neg = gather_with_grad(negative) if negative is not None else None  # (W * B, D)
-    loss = info_nce(anchor, pos, neg, temperature, label_offset=offset)
+    anchors = gather_with_grad(anchor) if anchor_negatives else None  # (W * B, D)
+    loss = info_nce(anchor, pos, neg, temperature, label_offset=offset, anchor_candidates=anchors)
     if not symmetric:
         return loss
     backward = info_nce(positive, gather_with_grad(anchor), None, temperature, label_offset=offset)
@@ -102,6 +105,7 @@ def contrastive_step(
     device: torch.device | str = "cpu",
     loss_scale: float = 1.0,
     symmetric: bool = False,
+    anchor_negatives: bool = False,
 ) -> float:
     """Forward and backward for one batch; gradients accumulate in the model's parameters.
 
@@ -117,6 +121,7 @@ def contrastive_step(
         device: where the model lives.
         loss_scale: multiplies the loss before backward (fp16 loss scaling); the returned loss is unscaled.
         symmetric: also score each positive against the anchors (see :func:`global_info_nce`).
+        anchor_negatives: also score each anchor against the batch's other anchors.
 
     Returns:
         The loss of this process's anchors (float).
@@ -135,7 +140,7 @@ def contrastive_step(
 
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         neg = emb[2 * b :] if batch.negatives is not None else None
-        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric)
+        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric, anchor_negatives)
 
     if mini_batch_size is None:
         # `roles` forwards of B texts each, like one per role but with less padding

@@ -276,7 +276,7 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
         mini_batch_size=tc.mini_batch_size, autocast=run.autocast, device=run.device,
         # scaler.scale, not get_scale: it also creates the scaler's state, without which unscale_ fails
         loss_scale=float(run.scaler.scale(torch.ones((), device=run.device))) if run.scaler else 1.0,
-        symmetric=tc.loss == "symmetric",
+        symmetric=tc.loss == "symmetric", anchor_negatives=tc.loss == "anchors",
     )
     dist.average_gradients(run.params)
     loss = dist.all_reduce_mean(loss, run.device)
