@@ -1,4 +1,4 @@
-"""Command line: ``embedtune train|eval|compare|encode|data|export|serve|experiment|demo``.
+"""Command line: ``embedtune train|eval|compare|encode|data|soup|export|serve|experiment|demo``.
 
 The CLI only parses arguments and calls the library; the library never reads argv. Each command has an
 ``_add_<name>`` (parser) and a ``_run_<name>`` (call) function, in ``inference`` (commands that use a model)
@@ -24,7 +24,18 @@ from .inference import (
     _run_export,
     _run_serve,
 )
-from .runs import _add_data, _add_demo, _add_experiment, _add_train, _run_data, _run_demo, _run_experiment, _run_train
+from .runs import (
+    _add_data,
+    _add_demo,
+    _add_experiment,
+    _add_soup,
+    _add_train,
+    _run_data,
+    _run_demo,
+    _run_experiment,
+    _run_soup,
+    _run_train,
+)
 
 COMMANDS = {
     "encode": (_add_encode, _run_encode),
@@ -32,6 +43,7 @@ COMMANDS = {
     "compare": (_add_compare, _run_compare),
     "data": (_add_data, _run_data),
     "train": (_add_train, _run_train),
+    "soup": (_add_soup, _run_soup),
     "export": (_add_export, _run_export),
     "serve": (_add_serve, _run_serve),
     "experiment": (_add_experiment, _run_experiment),

@@ -126,6 +126,33 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # ---- experiment ---------------------------------------------------------------------------------------
+def _add_soup(sub) -> None:
+    p = sub.add_parser("soup", help="average the LoRA updates of several runs of one recipe (e.g. seeds) into one run "
+                                    "folder that eval, export and serve load like any run")
+    p.add_argument("runs", nargs="+", help="two or more LoRA run folders (or their best/ folders) of the same base "
+                                           "model, depth, encoding, LoRA rank, alpha and targets")
+    p.add_argument("--out", required=True, help="folder to write (written atomically)")
+    p.add_argument("--mix", default=None, help="comma list of one weight per run (normalized; default: equal)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _run_soup(args: argparse.Namespace) -> int:
+    from ..soup import make_soup
+
+    mix = None
+    if args.mix is not None:
+        try:
+            mix = [float(x) for x in args.mix.split(",")]
+        except ValueError:
+            raise CliError(f"--mix: expected a comma list of numbers, got {args.mix!r}") from None
+    try:
+        out = make_soup(args.runs, args.out, mix=mix, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {out}: the mean LoRA update of {len(args.runs)} runs", file=sys.stderr)
+    return 0
+
+
 def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="run (or resume) a grid of training + evaluation cells and report it")
     p.add_argument("spec", help="experiment file (configs/experiments/*.yaml)")
