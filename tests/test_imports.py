@@ -115,7 +115,7 @@ LAYERS = [
                      "embedtune._version")),
     ("data", ("embedtune.data",)),
     ("models", ("embedtune.models",)),
-    ("evaluation, export, serving", ("embedtune.evaluation", "embedtune.export", "embedtune.batching",
+    ("evaluation, export, serving", ("embedtune.evaluation", "embedtune.export", "embedtune.soup", "embedtune.batching",
                                      "embedtune.serving")),
     ("training", ("embedtune.training",)),
     ("experiments", ("embedtune.experiment", "embedtune.experiment_report")),
