@@ -70,3 +70,14 @@ def test_num_layers_cuts_a_base_model_and_is_refused_for_a_run(tmp_path, tiny_ll
     assert main(["eval", "--run", str(tmp_path / "some-run"), "--num-layers", "1", "--tasks", "STS17",
                  "--out", str(tmp_path / "run-out")]) == 2
     assert "--num-layers applies to a base model" in capsys.readouterr().err
+
+
+def test_no_progress_drops_the_bars_but_keeps_each_score_line(tmp_path, tiny_llama, tiny_sts_dir, capsys):
+    for flag, bars in (([], True), (["--no-progress"], False)):
+        with pytest.warns(UserWarning, match="STS17: 40 pairs"):
+            assert main(["eval", "--model", str(tiny_llama), "--tasks", "STS17", "--data-dir", str(tiny_sts_dir),
+                         "--out", str(tmp_path / f"out{len(flag)}"), *flag]) == 0
+        err = capsys.readouterr().err
+        assert ("encode:" in err) is bars
+        assert "STS17: cosine Spearman" in err
+        assert (tmp_path / f"out{len(flag)}" / "results.json").is_file()

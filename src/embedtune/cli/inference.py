@@ -97,6 +97,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="encode batch size")
     p.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs per benchmark (quick checks)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $EMBEDTUNE_DATA or ../shared/data)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (logs: each benchmark's score is still printed as it finishes)")
     p.add_argument("--out", default=None,
                    help="output folder for results.json/results.md (default: <run>/eval, or runs/eval/<model>)")
     p.add_argument("--label", default=None, help="column name in tables (default: run, adapter or model name)")
@@ -170,7 +172,7 @@ def _eval_sts(args: argparse.Namespace, embedder, tasks: list[str], meta: dict, 
         write_text_atomic(out / "results.partial.json", json.dumps(partial, indent=2) + "\n")
 
     scores = evaluate_sts(embedder, tasks, data_dir=args.data_dir, variant=args.variant, batch_size=args.batch_size,
-                          show_progress=True, max_pairs=args.max_pairs, on_result=on_result)
+                          show_progress=not args.no_progress, max_pairs=args.max_pairs, on_result=on_result)
     payload = results_payload(scores, meta, wall_seconds=time.perf_counter() - start)
     path = write_results(out, payload)
     (out / "results.partial.json").unlink(missing_ok=True)
@@ -183,7 +185,8 @@ def _eval_sts(args: argparse.Namespace, embedder, tasks: list[str], meta: dict, 
 def _eval_retrieval(args: argparse.Namespace, embedder, data, meta: dict, out: Path) -> None:
     from ..evaluation.retrieval import evaluate_retrieval, retrieval_payload, retrieval_table, write_retrieval_results
 
-    scores = evaluate_retrieval(embedder, data, batch_size=args.batch_size, backend=args.search, show_progress=True)
+    scores = evaluate_retrieval(embedder, data, batch_size=args.batch_size, backend=args.search,
+                                show_progress=not args.no_progress)
     payload = retrieval_payload(scores, {k: v for k, v in meta.items() if k not in ("variant", "max_pairs")})
     path = write_retrieval_results(out, payload, meta["label"])
     print(retrieval_table({meta["label"]: payload}))
