@@ -78,6 +78,27 @@ def make_tiny_model(family: str, folder: Path, eos_in_template: bool = False, wi
     return folder
 
 
+def make_lora_run(base: Path, folder: Path, *, targets=("q_proj", "v_proj"), b_std: float = 0.5,
+                  seed: int | None = None, **options):
+    """A run folder as training writes it: ``base`` + a rank-4 LoRA adapter on ``targets`` whose B factors are
+    drawn from N(0, b_std) (so the adapter changes the embeddings); returns the Embedder."""
+    from peft import LoraConfig, get_peft_model
+
+    from embedtune.models.embedder import Embedder
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    emb = Embedder.from_pretrained(str(base), device="cpu", **options)
+    emb.backbone = get_peft_model(emb.backbone, LoraConfig(r=4, target_modules=list(targets),
+                                                           init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, p in emb.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, b_std)
+    emb.save(folder)
+    return emb
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One saved tiny checkpoint per family."""

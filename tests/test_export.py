@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import make_lora_run
 
 from embedtune.export import NotARunError, export_merged, export_sentence_transformers
 from embedtune.models.embedder import Embedder
@@ -16,18 +16,8 @@ TEXTS = ["a man plays guitar", "the dog", "cat",
 
 
 def make_run(base: Path, folder: Path, **options) -> Embedder:
-    """A run folder as training writes it: base + a LoRA adapter that changes the embeddings."""
-    from peft import LoraConfig, get_peft_model
-
-    emb = Embedder.from_pretrained(str(base), device="cpu", **options)
-    emb.backbone = get_peft_model(emb.backbone, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                           init_lora_weights="gaussian"))
-    with torch.no_grad():
-        for name, p in emb.backbone.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    emb.save(folder)
-    return emb
+    """A run folder as training writes it: base + a LoRA adapter (q/v) that changes the embeddings."""
+    return make_lora_run(base, folder, **options)
 
 
 def test_merged_equals_base_plus_adapter(tiny_llama, tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_lora_run
 
 from embedtune.cli import main
 from embedtune.export import merged_backbone
@@ -16,18 +17,8 @@ TEXTS = ["a man plays guitar", "the dog", "two children are playing in the park 
 
 
 def lora_run(base: Path, folder: Path, seed: int, **options) -> Path:
-    """A run folder as training writes it: an adapter on q/v/up with seed-dependent A and B factors."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    emb = Embedder.from_pretrained(str(base), device="cpu", **options)
-    emb.backbone = get_peft_model(emb.backbone, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
-                                                                                               "up_proj"]))
-    with torch.no_grad():
-        for name, p in emb.backbone.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
-    emb.save(folder)
+    """A run folder with a seed-dependent adapter on q/v/up (A and B factors both differ between seeds)."""
+    make_lora_run(base, folder, targets=("q_proj", "v_proj", "up_proj"), b_std=0.3, seed=seed, **options)
     return folder
 
 
@@ -50,7 +41,7 @@ def test_soup_update_is_the_weighted_mean_of_the_runs_updates(tiny_llama, tmp_pa
     emb = Embedder.load(out, device="cpu")
     assert emb.has_adapter() and emb.prompt == Embedder.load(runs[0], device="cpu").prompt
     config = json.loads((out / "adapter_config.json").read_text())
-    assert (config["r"], config["lora_alpha"]) == (8, 16)  # two rank-4 runs; scaling alpha / r unchanged
+    assert (config["r"], config["lora_alpha"]) == (8, 16)  # two rank-4, alpha-8 runs: scaling alpha / r unchanged
     meta = json.loads((out / "embedtune.json").read_text())
     assert [s["weight"] for s in meta["soup"]] == w
     vectors = emb.encode(TEXTS)
