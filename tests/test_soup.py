@@ -75,3 +75,7 @@ def test_soup_command_writes_a_run_and_reports_bad_mix(tiny_llama, tmp_path, cap
     assert main(["soup", *runs, "--out", str(tmp_path / "soup2"), "--mix", "1,x"]) == 2
     assert "--mix: expected a comma list of numbers" in capsys.readouterr().err
     assert not (tmp_path / "soup2").exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["soup", *runs, "--out", str(tmp_path / "file"), "--overwrite"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "x"

@@ -121,7 +121,9 @@ def make_soup(runs: Sequence[str | Path], out_dir: str | Path, mix: Sequence[flo
     out = Path(out_dir).expanduser()
     if out.resolve() in {p.resolve() for p in paths}:
         raise SoupError(f"the soup folder {out} is one of its runs; choose another folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
 
     metas, configs, tensors = zip(*(_run_parts(p) for p in paths), strict=True)
