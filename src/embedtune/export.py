@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_dir
+from .io import atomic_dir, check_output_dir
 from .models.embedder import CONFIG_NAME, Embedder
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,7 @@ def merged_backbone(embedder: Embedder, in_place: bool = False) -> Any:
 def _check_target(out_dir: Path, source: str | Path | Embedder, overwrite: bool) -> None:
     if not isinstance(source, Embedder) and out_dir.resolve() == Path(source).expanduser().resolve():
         raise ValueError(f"the export folder {out_dir} is the run folder itself; choose another --out")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    check_output_dir(out_dir, overwrite)
 
 
 def _provenance(embedder: Embedder, source: str | Path | Embedder) -> dict[str, Any]:

@@ -30,6 +30,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def check_output_dir(target: str | Path, overwrite: bool) -> None:
+    """Refuse an output folder that :func:`atomic_dir` should not replace: a file of that name, or a non-empty
+    folder unless ``overwrite``.
+
+    Raises:
+        FileExistsError: naming ``target`` and what is there.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+
+
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` (an old folder of

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .io import atomic_dir
+from .io import atomic_dir, check_output_dir
 from .models.embedder import CONFIG_NAME
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -121,10 +121,7 @@ def make_soup(runs: Sequence[str | Path], out_dir: str | Path, mix: Sequence[flo
     out = Path(out_dir).expanduser()
     if out.resolve() in {p.resolve() for p in paths}:
         raise SoupError(f"the soup folder {out} is one of its runs; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    check_output_dir(out, overwrite)
 
     metas, configs, tensors = zip(*(_run_parts(p) for p in paths), strict=True)
     for field in SAME_ENCODING:
@@ -145,7 +142,7 @@ def make_soup(runs: Sequence[str | Path], out_dir: str | Path, mix: Sequence[flo
     meta = dict(metas[0])
     meta["soup"] = [{"run": str(p.resolve()), "weight": round(m, 6)} for p, m in zip(paths, mix, strict=True)]
     with atomic_dir(out) as tmp:
-        for f in paths[0].iterdir():  # tokenizer and README travel with the first run
+        for f in paths[0].iterdir():  # the tokenizer files (and chat template) come from the first run
             if f.is_file() and f.name not in (CONFIG_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS) and (
                     f.name.startswith("tokenizer") or f.suffix == ".jinja"):
                 shutil.copy2(f, tmp / f.name)

@@ -125,7 +125,7 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- experiment ---------------------------------------------------------------------------------------
+# ---- soup ---------------------------------------------------------------------------------------------
 def _add_soup(sub) -> None:
     p = sub.add_parser("soup", help="average the LoRA updates of several runs of one recipe (e.g. seeds) into one run "
                                     "folder that eval, export and serve load like any run")
@@ -153,6 +153,7 @@ def _run_soup(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- experiment ---------------------------------------------------------------------------------------
 def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="run (or resume) a grid of training + evaluation cells and report it")
     p.add_argument("spec", help="experiment file (configs/experiments/*.yaml)")
