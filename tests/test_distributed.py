@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from embedtune.config import RunConfig
 from embedtune.training import distributed as dist
 from embedtune.training.gradcache import ContrastiveBatch, contrastive_step
+from embedtune.training.teacher import TeacherScores
 from embedtune.training.trainer import build_embedder
 
 TEXTS = [
@@ -38,9 +39,18 @@ def _embedder(model_dir: str):
     return emb.train()
 
 
+def _teacher_logits(local: int) -> torch.Tensor:
+    """A teacher's scores of this rank's anchors against the whole batch of TEXTS (fixed random vectors)."""
+    g = torch.Generator().manual_seed(3)
+    scores = TeacherScores(torch.randn(3 * len(TEXTS), 4, generator=g), torch.arange(3 * len(TEXTS)).view(-1, 3))
+    return scores.logits(range(len(TEXTS)), dist.rank() * local, local, negatives=True, anchor_negatives=False,
+                         temperature=0.05)
+
+
 def _step(emb, rows, mini_batch_size, loss="info_nce"):
     tt = emb.text_tokenizer
-    batch = ContrastiveBatch(*(tt.ids([r[i] for r in rows]) for i in range(3)))
+    teacher = _teacher_logits(len(rows)) if loss == "teacher" else None
+    batch = ContrastiveBatch(*(tt.ids([r[i] for r in rows]) for i in range(3)), teacher)
     loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=mini_batch_size, symmetric=loss == "symmetric",
                             anchor_negatives=loss == "anchors")
     params = [p for p in emb.parameters() if p.requires_grad]
@@ -62,7 +72,7 @@ def _worker(rank: int, world: int, init_file: str, model_dir: str, mini_batch_si
 
 
 @pytest.mark.parametrize(("mini_batch_size", "loss_name"),
-                         [(None, "info_nce"), (2, "info_nce"), (2, "symmetric"), (2, "anchors")])
+                         [(None, "info_nce"), (2, "info_nce"), (2, "symmetric"), (2, "anchors"), (2, "teacher")])
 def test_two_process_gather_equals_one_process_on_joined_batch(tiny_llama, tmp_path, mini_batch_size, loss_name):
     args = (2, str(tmp_path / "init"), str(tiny_llama), mini_batch_size, loss_name, str(tmp_path))
     mp.spawn(_worker, args=args, nprocs=2)

@@ -113,6 +113,13 @@ class TrainConfig:
                 "symmetric: averaged with each positive against the batch's anchors (no extra forward); "
                 "anchors: the batch's other anchors are negatives too (GTE's anchor-anchor term)",
         "choices": ("info_nce", "symmetric", "anchors")})
+    teacher: str | None = field(default=None, metadata={
+        "help": "distil from this embedding model as well: a sentence-transformers folder or packaged peer "
+                "(all-MiniLM-L6-v2) or an embedtune model folder; the student's softmax over each batch is "
+                "pulled toward the teacher's (None: labels only, as in the paper)"})
+    teacher_weight: float = field(default=1.0, metadata={"help": "weight of the distillation (KL) term"})
+    teacher_temperature: float = field(default=0.05, metadata={
+        "help": "temperature of the teacher's softmax (its cosine similarities / this)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast",
                                                      "choices": ("auto", "fp32", "bf16", "fp16")})

@@ -20,19 +20,23 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..data.collate import batches_by_length, longest_first
 from .distributed import gather_with_grad, rank
-from .loss import info_nce
+from .loss import contrastive_logits, distillation_kl, info_nce
 
 
 @dataclass
 class ContrastiveBatch:
-    """Token ids (each row ends in EOS) of one process's share of a global batch."""
+    """Token ids (each row ends in EOS) of one process's share of a global batch, and, when a teacher
+    guides the run, the teacher's scores of these anchors against the global batch's candidates (the
+    columns of :func:`~embedtune.training.loss.contrastive_logits`)."""
 
     anchors: list[list[int]]
     positives: list[list[int]]
     negatives: list[list[int]] | None = None
+    teacher_logits: torch.Tensor | None = None  # (B, candidates)
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -48,6 +52,8 @@ def global_info_nce(
     temperature: float,
     symmetric: bool = False,
     anchor_negatives: bool = False,
+    teacher_logits: torch.Tensor | None = None,
+    teacher_weight: float = 1.0,
 ) -> torch.Tensor:
     """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
     labels offset by rank x local batch.
@@ -56,16 +62,20 @@ def global_info_nce(
     global batch, its own anchor the target (hard negatives belong to anchors and take no part there). Both
     directions use the same embeddings, so the second costs one (B, W x B) product, not another forward.
     ``anchor_negatives`` adds the other anchors of the global batch to each anchor's candidates.
+    ``teacher_logits`` (B, candidates) adds ``teacher_weight`` x the KL divergence of the student's softmax
+    over the same candidates from the teacher's (:func:`~embedtune.training.loss.distillation_kl`).
     """
     offset = rank() * anchor.shape[0]
     pos = gather_with_grad(positive)  # (W * B, D)
     neg = gather_with_grad(negative) if negative is not None else None  # (W * B, D)
     anchors = gather_with_grad(anchor) if anchor_negatives else None  # (W * B, D)
-    loss = info_nce(anchor, pos, neg, temperature, label_offset=offset, anchor_candidates=anchors)
-    if not symmetric:
-        return loss
-    backward = info_nce(positive, gather_with_grad(anchor), None, temperature, label_offset=offset)
-    return (loss + backward) / 2
+    logits, labels = contrastive_logits(anchor, pos, neg, temperature, label_offset=offset, anchor_candidates=anchors)
+    loss = F.cross_entropy(logits, labels)
+    if symmetric:
+        loss = (loss + info_nce(positive, gather_with_grad(anchor), None, temperature, label_offset=offset)) / 2
+    if teacher_logits is not None:
+        loss = loss + teacher_weight * distillation_kl(logits, teacher_logits)
+    return loss
 
 
 def token_budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -106,6 +116,7 @@ def contrastive_step(
     loss_scale: float = 1.0,
     symmetric: bool = False,
     anchor_negatives: bool = False,
+    teacher_weight: float = 1.0,
 ) -> float:
     """Forward and backward for one batch; gradients accumulate in the model's parameters.
 
@@ -122,6 +133,7 @@ def contrastive_step(
         loss_scale: multiplies the loss before backward (fp16 loss scaling); the returned loss is unscaled.
         symmetric: also score each positive against the anchors (see :func:`global_info_nce`).
         anchor_negatives: also score each anchor against the batch's other anchors.
+        teacher_weight: weight of the distillation term when ``batch.teacher_logits`` is given.
 
     Returns:
         The loss of this process's anchors (float).
@@ -140,7 +152,8 @@ def contrastive_step(
 
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         neg = emb[2 * b :] if batch.negatives is not None else None
-        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric, anchor_negatives)
+        return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric, anchor_negatives,
+                               batch.teacher_logits, teacher_weight)
 
     if mini_batch_size is None:
         # `roles` forwards of B texts each, like one per role but with less padding

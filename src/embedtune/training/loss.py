@@ -1,4 +1,5 @@
-"""InfoNCE on embeddings: a pure function, so every encoding strategy (plain, cached, distributed) shares it."""
+"""InfoNCE on embeddings, and the distillation term that a teacher adds to it: pure functions, so every
+encoding strategy (plain, cached, distributed) shares them."""
 
 from __future__ import annotations
 
@@ -6,20 +7,20 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(
+def contrastive_logits(
     anchor: torch.Tensor,
     positive: torch.Tensor,
     negative: torch.Tensor | None = None,
     temperature: float = 0.05,
     label_offset: int = 0,
     anchor_candidates: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Contrastive loss of the paper (SimCSE's supervised objective).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scores InfoNCE takes the softmax of, and each anchor's target column.
 
     Each anchor is scored by cosine similarity / temperature against every positive and every hard negative
-    of the (global) batch; the target is its own positive. Row ``i`` of ``anchor`` owns row
-    ``label_offset + i`` of ``positive`` (in a multi-process run the candidates are gathered from all ranks
-    and ``label_offset = rank * local_batch``).
+    of the (global) batch, in that order of columns, then (when given) every anchor. Row ``i`` of ``anchor``
+    owns row ``label_offset + i`` of ``positive`` (in a multi-process run the candidates are gathered from
+    all ranks and ``label_offset = rank * local_batch``).
 
     Args:
         anchor: (B, D) anchor embeddings.
@@ -28,11 +29,11 @@ def info_nce(
         temperature: softmax temperature (0.05 in the paper).
         label_offset: index of this process's first positive among the candidates.
         anchor_candidates: (A, D) the batch's anchors as further negatives (GTE's anchor-anchor term), with
-            this process's anchors at rows ``label_offset .. label_offset + B``; each anchor's own row is
-            masked out. None (the paper): anchors are never candidates.
+            this process's anchors at rows ``label_offset .. label_offset + B``; each anchor's own column is
+            set to -inf. None (the paper): anchors are never candidates.
 
     Returns:
-        Scalar mean cross-entropy over the anchors.
+        ``(logits, labels)``: (B, P + N [+ A]) float32 scores and (B,) target columns.
     """
     if anchor.ndim != 2 or positive.ndim != 2:
         raise ValueError(f"anchor and positive must be (B, D); got {tuple(anchor.shape)} and {tuple(positive.shape)}")
@@ -51,4 +52,43 @@ def info_nce(
         own = candidates.shape[0] - anchor_candidates.shape[0] + labels  # (B,) column of each anchor's own row
         logits = logits.index_put((torch.arange(anchor.shape[0], device=anchor.device), own),
                                   torch.tensor(float("-inf"), device=anchor.device))
+    return logits, labels
+
+
+def info_nce(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    temperature: float = 0.05,
+    label_offset: int = 0,
+    anchor_candidates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Contrastive loss of the paper (SimCSE's supervised objective): the mean cross-entropy of each anchor's
+    softmax over the candidates of :func:`contrastive_logits` (same arguments), its own positive the target."""
+    logits, labels = contrastive_logits(anchor, positive, negative, temperature, label_offset, anchor_candidates)
     return F.cross_entropy(logits, labels)
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) of each row's softmax over the same candidates.
+
+    The student learns how the teacher spreads an anchor's probability over the batch (which in-batch
+    texts it finds near, which hard negatives it finds far), not only which candidate is the positive.
+    Columns the teacher gives -inf (an anchor's own row among anchor candidates) carry no probability and
+    take no part; the student must mask the same columns.
+
+    Args:
+        student_logits: (B, C) the student's scores (with its temperature applied).
+        teacher_logits: (B, C) the teacher's scores of the same anchors and candidates.
+
+    Returns:
+        Scalar mean over rows; zero when the two softmaxes agree.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape")
+    teacher_logits = teacher_logits.to(student_logits.device, torch.float32)
+    p = torch.softmax(teacher_logits, dim=-1)  # (B, C)
+    log_p, log_q = torch.log_softmax(teacher_logits, dim=-1), torch.log_softmax(student_logits.float(), dim=-1)
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))  # 0 log 0 = 0, masked columns drop out
+    return terms.sum(dim=-1).mean()

@@ -34,6 +34,7 @@ from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .gradcache import ContrastiveBatch, contrastive_step
 from .lora import apply_lora, enable_gradient_checkpointing, trainable_parameters
 from .run_files import MetricsLogger, prepare_examples, write_curve
+from .teacher import TeacherScores, load_teacher, teacher_scores
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class TrainingSetup:
     scaler: torch.amp.GradScaler | None
     dev_data: Any  # the dev StsData on rank 0 when evaluating, else None
     metrics: MetricsLogger | None = None
+    teacher: TeacherScores | None = None  # the teacher's vectors of the run's texts (train.teacher)
     epoch_cache: dict[int, list[list[int]]] = field(default_factory=dict)  # the current epoch's batches
     started: dict[str, Any] = field(default_factory=dict)  # provenance (commit, machine, date) at the start
 
@@ -244,8 +246,28 @@ def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | N
     if tc.frozen_half and precision in ("bf16", "fp16"):
         if hold_frozen_linears_in(embedder, AUTOCAST_DTYPES[precision]):
             embedder.autocast = precision  # dev evaluation: the frozen weights are in that type now
-    return TrainingSetup(cfg, out, device, examples, data_report, kinds, lengths, steps_per_epoch, total, embedder,
-                         params, optimizer, scheduler, autocast, scaler, dev_data(cfg), started=environment_meta())
+    run = TrainingSetup(cfg, out, device, examples, data_report, kinds, lengths, steps_per_epoch, total, embedder,
+                        params, optimizer, scheduler, autocast, scaler, dev_data(cfg), started=environment_meta())
+    if tc.teacher:
+        run.teacher = embed_with_teacher(run)
+    return run
+
+
+def embed_with_teacher(run: TrainingSetup) -> TeacherScores:
+    """The teacher's vectors of every text the run's steps take (every rank embeds them all, so each can
+    score its anchors against the global batch); the teacher is released afterwards."""
+    tc = run.cfg.train
+    if tc.teacher_temperature <= 0:
+        raise ValueError(f"train.teacher_temperature must be > 0, got {tc.teacher_temperature}")
+    if tc.teacher_weight < 0:
+        raise ValueError(f"train.teacher_weight must be >= 0, got {tc.teacher_weight}")
+    used = {i for step in range(run.total) for i in _epoch_batches_cached(run, step // run.steps_per_epoch)
+            [step % run.steps_per_epoch]}
+    teacher = load_teacher(tc.teacher, str(run.device))
+    scores = teacher_scores(teacher, run.examples, used, batch_size=run.cfg.eval.batch_size,
+                            show_progress=dist.is_main(), source=tc.teacher)
+    log.info("teacher %s embedded the run's texts in %.0f s", tc.teacher, scores.seconds)
+    return scores
 
 
 def resume_state(run: TrainingSetup) -> LoopState:
@@ -276,7 +298,7 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
         mini_batch_size=tc.mini_batch_size, autocast=run.autocast, device=run.device,
         # scaler.scale, not get_scale: it also creates the scaler's state, without which unscale_ fails
         loss_scale=float(run.scaler.scale(torch.ones((), device=run.device))) if run.scaler else 1.0,
-        symmetric=tc.loss == "symmetric", anchor_negatives=tc.loss == "anchors",
+        symmetric=tc.loss == "symmetric", anchor_negatives=tc.loss == "anchors", teacher_weight=tc.teacher_weight,
     )
     dist.average_gradients(run.params)
     loss = dist.all_reduce_mean(loss, run.device)
@@ -308,10 +330,17 @@ def batch_of_step(run: TrainingSetup, step: int) -> ContrastiveBatch:
     idx = batches[k][r * b : (r + 1) * b]
     rows = [run.examples[i] for i in idx]
     tt = run.embedder.text_tokenizer
+    with_negatives = run.kinds[idx[0]]
+    teacher = None
+    if run.teacher is not None:
+        teacher = run.teacher.logits(batches[k], r * b, b, negatives=with_negatives,
+                                     anchor_negatives=run.cfg.train.loss == "anchors",
+                                     temperature=run.cfg.train.teacher_temperature)
     return ContrastiveBatch(
         tt.ids([e.anchor for e in rows]),
         tt.ids([e.positive for e in rows]),
-        tt.ids([e.negative for e in rows]) if run.kinds[idx[0]] else None,
+        tt.ids([e.negative for e in rows]) if with_negatives else None,
+        teacher,
     )
 
 
@@ -333,6 +362,9 @@ def finish_training(run: TrainingSetup, state: LoopState, end: int, seconds: flo
         summary = {"steps": run.total, "examples": len(run.examples), "final_loss": state.last_loss,
                    "seconds_this_call": seconds, "world_size": dist.world_size(), "precision": state.precision,
                    "data": run.data_report, "best_step": state.best_step, "best_score": state.best_score,
+                   "teacher": None if run.teacher is None else {"model": run.teacher.source,
+                                                                "texts": int(run.teacher.vectors.shape[0]),
+                                                                "seconds": run.teacher.seconds},
                    "started": run.started, "finished": environment_meta()}
         write_text_atomic(run.out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     run.metrics.close()
