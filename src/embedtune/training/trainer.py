@@ -175,7 +175,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    run = setup_training(cfg, examples, embedder)
+    run = setup_training(cfg, examples, embedder, show_progress)
     state = resume_state(run)
     run.metrics = MetricsLogger(run.out, enabled=dist.is_main(), append=state.step > 0)
     evaluating = cfg.eval.every > 0
@@ -205,8 +205,10 @@ def train(
     return finish_training(run, state, end, time.perf_counter() - t0)
 
 
-def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | None) -> TrainingSetup:
-    """Process group, data, model with LoRA, optimizer, schedule and precision of a run."""
+def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | None,
+                   show_progress: bool = True) -> TrainingSetup:
+    """Process group, data, model with LoRA, optimizer, schedule and precision of a run (and, with
+    ``train.teacher``, the teacher's vectors of its texts, with a progress bar when ``show_progress``)."""
     tc = cfg.train
     out = Path(tc.output_dir)
     device = torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
@@ -249,11 +251,11 @@ def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | N
     run = TrainingSetup(cfg, out, device, examples, data_report, kinds, lengths, steps_per_epoch, total, embedder,
                         params, optimizer, scheduler, autocast, scaler, dev_data(cfg), started=environment_meta())
     if tc.teacher:
-        run.teacher = embed_with_teacher(run)
+        run.teacher = embed_with_teacher(run, show_progress)
     return run
 
 
-def embed_with_teacher(run: TrainingSetup) -> TeacherScores:
+def embed_with_teacher(run: TrainingSetup, show_progress: bool = True) -> TeacherScores:
     """The teacher's vectors of every text the run's steps take (every rank embeds them all, so each can
     score its anchors against the global batch); the teacher is released afterwards."""
     tc = run.cfg.train
@@ -265,7 +267,7 @@ def embed_with_teacher(run: TrainingSetup) -> TeacherScores:
             [step % run.steps_per_epoch]}
     teacher = load_teacher(tc.teacher, str(run.device))
     scores = teacher_scores(teacher, run.examples, used, batch_size=run.cfg.eval.batch_size,
-                            show_progress=dist.is_main(), source=tc.teacher)
+                            show_progress=show_progress and dist.is_main(), source=tc.teacher)
     log.info("teacher %s embedded the run's texts in %.0f s", tc.teacher, scores.seconds)
     return scores
 
