@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from embedtune.config import RunConfig, load_config
 from embedtune.models.embedder import Embedder
 from embedtune.training import checkpoint as ckpt
-from embedtune.training.batches import epoch_batches, epoch_order, steps_per_epoch_of
+from embedtune.training.batches import epoch_batches, epoch_order, examples_taken, steps_per_epoch_of
 from embedtune.training.gradcache import (
     ContrastiveBatch,
     contrastive_step,
@@ -360,3 +360,11 @@ def test_training_with_frozen_half_weights_saves_an_adapter_that_loads_in_float3
     again = Embedder.load(tmp_path / "run", device="cpu")
     assert all(p.dtype == torch.float32 for p in again.parameters())
     assert again.encode(["a man plays guitar"]).shape == (1, again.dim)
+
+
+def test_examples_taken_are_those_of_the_runs_steps_across_epochs():
+    kinds = [True] * 10 + [False] * 7  # 2 + 1 batches of 4 per epoch; 1 triplet and 3 pairs wait each epoch
+    steps = [b for e in range(3) for b in epoch_batches(kinds, e, 5, None, 4)][:7]  # 2 epochs and a third's step
+    assert examples_taken(kinds, 5, None, 4, 7) == {i for b in steps for i in b}
+    assert examples_taken(kinds, 5, None, 4, 2) == set(steps[0]) | set(steps[1])
+    assert len(examples_taken(kinds, 5, None, 4, 3)) == 12  # one epoch leaves five examples out

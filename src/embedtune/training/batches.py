@@ -48,3 +48,13 @@ def epoch_batches(kinds: list[bool], epoch: int, seed: int, lengths: list[int] |
 def steps_per_epoch_of(kinds: list[bool], batch: int) -> int:
     """Full batches per epoch when each batch holds one kind (see :func:`epoch_batches`)."""
     return sum(n // batch for n in (kinds.count(True), kinds.count(False)))
+
+
+def examples_taken(kinds: list[bool], seed: int, lengths: list[int] | None, batch: int, steps: int) -> set[int]:
+    """Indices of the examples that the first ``steps`` steps of a run take (see :func:`epoch_batches`)."""
+    per_epoch = steps_per_epoch_of(kinds, batch)
+    taken: set[int] = set()
+    for epoch in range(-(-steps // per_epoch)):
+        for batch_rows in epoch_batches(kinds, epoch, seed, lengths, batch)[: steps - epoch * per_epoch]:
+            taken.update(batch_rows)
+    return taken

@@ -123,3 +123,22 @@ def teacher_scores(
         raise ValueError(f"the teacher returned an array of shape {tuple(vectors.shape)} for {len(texts)} texts")
     vectors = F.normalize(vectors.float(), dim=-1)
     return TeacherScores(vectors, rows, source, time.perf_counter() - t0)
+
+
+def teacher_for_run(train: Any, examples: Sequence[Any], used: Iterable[int], device: str, batch_size: int,
+                    show_progress: bool) -> TeacherScores:
+    """The teacher ``train.teacher`` names, checked with its settings, and its vectors of the examples ``used``
+    (every process embeds them all, so each can score its anchors against the global batch). The teacher
+    model is released on return.
+
+    Raises:
+        ValueError: a teacher temperature <= 0, a negative weight, or a teacher that is no model.
+    """
+    if train.teacher_temperature <= 0:
+        raise ValueError(f"train.teacher_temperature must be > 0, got {train.teacher_temperature}")
+    if train.teacher_weight < 0:
+        raise ValueError(f"train.teacher_weight must be >= 0, got {train.teacher_weight}")
+    scores = teacher_scores(load_teacher(train.teacher, device), examples, used, batch_size=batch_size,
+                            show_progress=show_progress, source=train.teacher)
+    log.info("teacher %s embedded the run's texts in %.0f s", train.teacher, scores.seconds)
+    return scores

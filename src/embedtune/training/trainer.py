@@ -13,7 +13,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,13 @@ from ..models.embedder import Embedder
 from ..models.runtime import AUTOCAST_DTYPES
 from ..provenance import environment_meta
 from . import distributed as dist
-from .batches import epoch_batches, steps_per_epoch_of
+from .batches import epoch_batches, examples_taken, steps_per_epoch_of
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .gradcache import ContrastiveBatch, contrastive_step
 from .lora import apply_lora, enable_gradient_checkpointing, trainable_parameters
+from .precision import hold_frozen_linears_in, make_autocast
 from .run_files import MetricsLogger, prepare_examples, write_curve
-from .teacher import TeacherScores, load_teacher, teacher_scores
+from .teacher import TeacherScores, teacher_for_run
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,6 @@ class TrainResult:
     examples: int
 
 
-def make_autocast(precision: str, device: torch.device) -> tuple[Callable[[], Any], str]:
-    """Autocast factory and the precision actually used. ``auto``: bf16 on GPUs that support it, else fp32."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return nullcontext, precision
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a GPU; use bf16 (fast on CPUs with AVX512-BF16/AMX) or fp32")
-    if precision not in ("bf16", "fp16"):
-        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    dtype = AUTOCAST_DTYPES[precision]
-    return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), precision
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -82,24 +68,6 @@ def build_embedder(cfg: RunConfig, device: torch.device) -> Embedder:
         enable_gradient_checkpointing(embedder.backbone)
     embedder.backbone = apply_lora(embedder.backbone, cfg.lora)
     return embedder
-
-
-def hold_frozen_linears_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Cast the weights of frozen linear layers to ``dtype`` (the autocast type); returns how many.
-
-    Autocast casts a linear layer's float32 weight to its compute type on every forward and caches the
-    copy only for weights that require grad, so a frozen base model is re-cast at every step. Cast once
-    instead: autocast then finds the weight already in its type, and computes exactly the same numbers
-    (the same rounding, done once). Biases, embeddings, norms and LoRA weights keep their type. Outside
-    autocast such a model needs its inputs in ``dtype``, so the trainer evaluates it under autocast.
-    """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad \
-                and module.weight.dtype != dtype and module.weight.is_floating_point():
-            module.weight.data = module.weight.data.to(dtype)
-            count += 1
-    return count
 
 
 @dataclass
@@ -251,25 +219,10 @@ def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | N
     run = TrainingSetup(cfg, out, device, examples, data_report, kinds, lengths, steps_per_epoch, total, embedder,
                         params, optimizer, scheduler, autocast, scaler, dev_data(cfg), started=environment_meta())
     if tc.teacher:
-        run.teacher = embed_with_teacher(run, show_progress)
+        used = examples_taken(kinds, tc.seed, lengths, tc.batch_size, total)
+        run.teacher = teacher_for_run(tc, examples, used, str(device), cfg.eval.batch_size,
+                                      show_progress and dist.is_main())
     return run
-
-
-def embed_with_teacher(run: TrainingSetup, show_progress: bool = True) -> TeacherScores:
-    """The teacher's vectors of every text the run's steps take (every rank embeds them all, so each can
-    score its anchors against the global batch); the teacher is released afterwards."""
-    tc = run.cfg.train
-    if tc.teacher_temperature <= 0:
-        raise ValueError(f"train.teacher_temperature must be > 0, got {tc.teacher_temperature}")
-    if tc.teacher_weight < 0:
-        raise ValueError(f"train.teacher_weight must be >= 0, got {tc.teacher_weight}")
-    used = {i for step in range(run.total) for i in _epoch_batches_cached(run, step // run.steps_per_epoch)
-            [step % run.steps_per_epoch]}
-    teacher = load_teacher(tc.teacher, str(run.device))
-    scores = teacher_scores(teacher, run.examples, used, batch_size=run.cfg.eval.batch_size,
-                            show_progress=show_progress and dist.is_main(), source=tc.teacher)
-    log.info("teacher %s embedded the run's texts in %.0f s", tc.teacher, scores.seconds)
-    return scores
 
 
 def resume_state(run: TrainingSetup) -> LoopState:
