@@ -39,20 +39,24 @@ def _embedder(model_dir: str):
     return emb.train()
 
 
-def _teacher_logits(local: int) -> torch.Tensor:
-    """A teacher's scores of this rank's anchors against the whole batch of TEXTS (fixed random vectors)."""
+def _teacher_logits(local: int, scope: str = "anchors") -> torch.Tensor:
+    """A teacher's scores of this rank's anchors (scope "batch": of all its texts) against the whole batch of
+    TEXTS (fixed random vectors)."""
     g = torch.Generator().manual_seed(3)
     scores = TeacherScores(torch.randn(3 * len(TEXTS), 4, generator=g), torch.arange(3 * len(TEXTS)).view(-1, 3))
+    if scope == "batch":
+        return scores.batch_logits(range(len(TEXTS)), dist.rank() * local, local, negatives=True, temperature=0.05)
     return scores.logits(range(len(TEXTS)), dist.rank() * local, local, negatives=True, anchor_negatives=False,
                          temperature=0.05)
 
 
 def _step(emb, rows, mini_batch_size, loss="info_nce"):
     tt = emb.text_tokenizer
-    teacher = _teacher_logits(len(rows)) if loss == "teacher" else None
+    scope = "batch" if loss == "teacher-batch" else "anchors"
+    teacher = _teacher_logits(len(rows), scope) if loss.startswith("teacher") else None
     batch = ContrastiveBatch(*(tt.ids([r[i] for r in rows]) for i in range(3)), teacher)
     loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=mini_batch_size, symmetric=loss == "symmetric",
-                            anchor_negatives=loss == "anchors")
+                            anchor_negatives=loss == "anchors", teacher_scope=scope)
     params = [p for p in emb.parameters() if p.requires_grad]
     dist.average_gradients(params)
     loss = dist.all_reduce_mean(loss)
@@ -72,7 +76,8 @@ def _worker(rank: int, world: int, init_file: str, model_dir: str, mini_batch_si
 
 
 @pytest.mark.parametrize(("mini_batch_size", "loss_name"),
-                         [(None, "info_nce"), (2, "info_nce"), (2, "symmetric"), (2, "anchors"), (2, "teacher")])
+                         [(None, "info_nce"), (2, "info_nce"), (2, "symmetric"), (2, "anchors"), (2, "teacher"),
+                          (None, "teacher-batch")])
 def test_two_process_gather_equals_one_process_on_joined_batch(tiny_llama, tmp_path, mini_batch_size, loss_name):
     args = (2, str(tmp_path / "init"), str(tiny_llama), mini_batch_size, loss_name, str(tmp_path))
     mp.spawn(_worker, args=args, nprocs=2)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from test_training import _grads, _lora_embedder, make_examples, tiny_cfg
 
 from embedtune.training.gradcache import ContrastiveBatch, contrastive_step, global_info_nce
-from embedtune.training.loss import contrastive_logits, distillation_kl
-from embedtune.training.teacher import teacher_scores
+from embedtune.training.loss import batch_similarity_logits, contrastive_logits, distillation_kl
+from embedtune.training.teacher import TeacherScores, teacher_scores
 from embedtune.training.trainer import train
 
 
@@ -59,6 +59,40 @@ def test_global_loss_with_a_teacher_adds_the_weighted_kl_to_info_nce(anchor_nega
     assert got > global_info_nce(a, p, n, 0.05, anchor_negatives=anchor_negatives)
 
 
+def test_batch_scope_takes_the_kl_over_every_text_against_every_other():
+    torch.manual_seed(1)
+    a, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    texts = torch.cat([a, p, n])
+    sims = batch_similarity_logits(texts, texts, 0.05)
+    assert sims.shape == (12, 12) and torch.isinf(sims.diagonal()).all() and torch.isfinite(sims[0, 1:]).all()
+    torch.testing.assert_close(sims[2, 5], F.cosine_similarity(a[2], p[1], dim=0) / 0.05)
+    teacher = batch_similarity_logits(torch.randn(12, 3), torch.randn(12, 3), 0.05)
+    teacher.fill_diagonal_(float("-inf"))
+    student, labels = contrastive_logits(a, p, n, 0.05)
+    expected = F.cross_entropy(student, labels) + 0.5 * distillation_kl(sims, teacher)
+    got = global_info_nce(a, p, n, 0.05, teacher_logits=teacher, teacher_weight=0.5, teacher_scope="batch")
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="teacher_scope must be"):
+        global_info_nce(a, p, n, 0.05, teacher_logits=teacher, teacher_scope="rows")
+
+
+def test_teacher_batch_logits_lay_out_texts_as_the_students_gather():
+    vectors = F.normalize(torch.randn(18, 4), dim=-1)
+    scores = TeacherScores(vectors, torch.arange(18).view(6, 3))
+    batch = [4, 0, 2, 1]  # two processes of two; rank 1 holds examples 2 and 1
+    got = scores.batch_logits(batch, 2, 2, negatives=True, temperature=0.1)
+
+    def texts(share):  # a process's texts in the student's order: anchors, positives, negatives
+        return torch.cat([vectors[[3 * i + role for i in share]] for role in range(3)])
+
+    expected = batch_similarity_logits(texts([2, 1]), torch.cat([texts([4, 0]), texts([2, 1])]), 0.1, offset=6)
+    torch.testing.assert_close(got, expected)
+    assert got.shape == (6, 12) and all(torch.isinf(got[i, 6 + i]) for i in range(6))
+    assert scores.batch_logits(batch, 0, 4, negatives=False, temperature=0.1).shape == (8, 8)
+    with pytest.raises(ValueError, match="cannot be split"):
+        scores.batch_logits(batch, 1, 3, negatives=True, temperature=0.1)
+
+
 def test_teacher_scores_embed_each_distinct_text_once_and_lay_out_the_students_columns():
     exs = make_examples(6, seed=3)
     exs[1] = type(exs[1])(exs[0].anchor, exs[1].positive, exs[1].negative)  # a premise shared by two triplets
@@ -100,16 +134,20 @@ def test_cached_gradients_equal_plain_gradients_with_a_teacher(tiny_llama):
     teacher, _ = contrastive_logits(torch.randn(8, 4), torch.randn(8, 4), torch.randn(8, 4), 0.05)
     batch = ContrastiveBatch(tt.ids([e.anchor for e in exs]), tt.ids([e.positive for e in exs]),
                              tt.ids([e.negative for e in exs]), teacher)
-    plain_loss = contrastive_step(emb, tt.pad, batch, teacher_weight=2.0)
-    plain = _grads(emb)
-    emb.zero_grad(set_to_none=True)
-    cached_loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=3, teacher_weight=2.0)
-    cached = _grads(emb)
-    emb.zero_grad(set_to_none=True)
-    without = contrastive_step(emb, tt.pad, ContrastiveBatch(batch.anchors, batch.positives, batch.negatives))
-    assert cached_loss == pytest.approx(plain_loss, rel=1e-5) and plain_loss > without
-    for n in plain:
-        torch.testing.assert_close(cached[n], plain[n], rtol=1e-4, atol=1e-5)  # float32 sums in another order
+    texts = torch.randn(24, 4)
+    for scope, logits in (("anchors", teacher), ("batch", batch_similarity_logits(texts, texts, 0.05))):
+        batch.teacher_logits = logits
+        plain_loss = contrastive_step(emb, tt.pad, batch, teacher_weight=2.0, teacher_scope=scope)
+        plain = _grads(emb)
+        emb.zero_grad(set_to_none=True)
+        cached_loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=3, teacher_weight=2.0, teacher_scope=scope)
+        cached = _grads(emb)
+        emb.zero_grad(set_to_none=True)
+        without = contrastive_step(emb, tt.pad, ContrastiveBatch(batch.anchors, batch.positives, batch.negatives))
+        emb.zero_grad(set_to_none=True)
+        assert cached_loss == pytest.approx(plain_loss, rel=1e-5) and plain_loss > without
+        for n in plain:
+            torch.testing.assert_close(cached[n], plain[n], rtol=1e-4, atol=1e-5)  # float32 sums in another order
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +168,12 @@ def test_a_run_taught_by_a_sentence_transformers_model(tiny_llama, tiny_teacher,
     plain = run("plain")
     silent = run("silent", teacher=str(tiny_teacher), teacher_weight=0.0)
     taught = run("taught", teacher=str(tiny_teacher), teacher_weight=1.0)
-    a, b, c = (load_file(str(r / "adapter_model.safetensors")) for r in (plain, silent, taught))
-    for k in a:  # weight 0: the teacher changes nothing; weight 1: it changes the updates
+    whole = run("whole", teacher=str(tiny_teacher), teacher_weight=1.0, teacher_scope="batch")
+    a, b, c, d = (load_file(str(r / "adapter_model.safetensors")) for r in (plain, silent, taught, whole))
+    for k in a:  # weight 0: the teacher changes nothing; weight 1: it changes the updates, and so does its scope
         torch.testing.assert_close(b[k], a[k])
-    assert any(not torch.allclose(a[k], c[k]) for k in a)
+    assert any(not torch.allclose(a[k], c[k]) for k in a) and any(not torch.allclose(c[k], d[k]) for k in a)
+    assert json.loads((whole / "train_summary.json").read_text())["teacher"]["scope"] == "batch"
     summary = json.loads((taught / "train_summary.json").read_text())
     # 4 steps of 4 cover all 12 examples (3 per epoch); each has three distinct texts unless two coincide
     distinct = {t for e in exs for t in (e.anchor, e.positive, e.negative)}

@@ -120,6 +120,10 @@ class TrainConfig:
     teacher_weight: float = field(default=1.0, metadata={"help": "weight of the distillation (KL) term"})
     teacher_temperature: float = field(default=0.05, metadata={
         "help": "temperature of the teacher's softmax (its cosine similarities / this)"})
+    teacher_scope: str = field(default="anchors", metadata={
+        "help": "the rows the teacher's softmax covers: anchors: each anchor over the loss's candidates; "
+                "batch: every text of the batch (anchor, positive, hard negative) over all the others",
+        "choices": ("anchors", "batch")})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 autocast",
                                                      "choices": ("auto", "fp32", "bf16", "fp16")})

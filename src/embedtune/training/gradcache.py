@@ -24,19 +24,20 @@ import torch.nn.functional as F
 
 from ..data.collate import batches_by_length, longest_first
 from .distributed import gather_with_grad, rank
-from .loss import contrastive_logits, distillation_kl, info_nce
+from .loss import batch_similarity_logits, contrastive_logits, distillation_kl, info_nce
 
 
 @dataclass
 class ContrastiveBatch:
     """Token ids (each row ends in EOS) of one process's share of a global batch, and, when a teacher
     guides the run, the teacher's scores of these anchors against the global batch's candidates (the
-    columns of :func:`~embedtune.training.loss.contrastive_logits`)."""
+    columns of :func:`~embedtune.training.loss.contrastive_logits`) or, with ``train.teacher_scope=batch``,
+    of all these texts against all the global batch's (:func:`global_info_nce`)."""
 
     anchors: list[list[int]]
     positives: list[list[int]]
     negatives: list[list[int]] | None = None
-    teacher_logits: torch.Tensor | None = None  # (B, candidates)
+    teacher_logits: torch.Tensor | None = None  # (B, candidates), or (texts, global texts)
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -54,6 +55,7 @@ def global_info_nce(
     anchor_negatives: bool = False,
     teacher_logits: torch.Tensor | None = None,
     teacher_weight: float = 1.0,
+    teacher_scope: str = "anchors",
 ) -> torch.Tensor:
     """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
     labels offset by rank x local batch.
@@ -63,7 +65,11 @@ def global_info_nce(
     directions use the same embeddings, so the second costs one (B, W x B) product, not another forward.
     ``anchor_negatives`` adds the other anchors of the global batch to each anchor's candidates.
     ``teacher_logits`` (B, candidates) adds ``teacher_weight`` x the KL divergence of the student's softmax
-    over the same candidates from the teacher's (:func:`~embedtune.training.loss.distillation_kl`).
+    over the same candidates from the teacher's (:func:`~embedtune.training.loss.distillation_kl`). With
+    ``teacher_scope="batch"`` the KL is taken instead over the rows of
+    :func:`~embedtune.training.loss.batch_similarity_logits`: each of this process's texts (anchors, then
+    positives, then hard negatives) against every text of the global batch, gathered rank by rank in that
+    order; ``teacher_logits`` is then (3B, W x 3B) or, without negatives, (2B, W x 2B).
     """
     offset = rank() * anchor.shape[0]
     pos = gather_with_grad(positive)  # (W * B, D)
@@ -74,6 +80,11 @@ def global_info_nce(
     if symmetric:
         loss = (loss + info_nce(positive, gather_with_grad(anchor), None, temperature, label_offset=offset)) / 2
     if teacher_logits is not None:
+        if teacher_scope == "batch":
+            texts = torch.cat([t for t in (anchor, positive, negative) if t is not None])  # (3B or 2B, D)
+            logits = batch_similarity_logits(texts, gather_with_grad(texts), temperature, rank() * texts.shape[0])
+        elif teacher_scope != "anchors":
+            raise ValueError(f"teacher_scope must be 'anchors' or 'batch', got {teacher_scope!r}")
         loss = loss + teacher_weight * distillation_kl(logits, teacher_logits)
     return loss
 
@@ -117,6 +128,7 @@ def contrastive_step(
     symmetric: bool = False,
     anchor_negatives: bool = False,
     teacher_weight: float = 1.0,
+    teacher_scope: str = "anchors",
 ) -> float:
     """Forward and backward for one batch; gradients accumulate in the model's parameters.
 
@@ -134,6 +146,7 @@ def contrastive_step(
         symmetric: also score each positive against the anchors (see :func:`global_info_nce`).
         anchor_negatives: also score each anchor against the batch's other anchors.
         teacher_weight: weight of the distillation term when ``batch.teacher_logits`` is given.
+        teacher_scope: which rows the teacher's scores cover (see :func:`global_info_nce`).
 
     Returns:
         The loss of this process's anchors (float).
@@ -153,7 +166,7 @@ def contrastive_step(
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         neg = emb[2 * b :] if batch.negatives is not None else None
         return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric, anchor_negatives,
-                               batch.teacher_logits, teacher_weight)
+                               batch.teacher_logits, teacher_weight, teacher_scope)
 
     if mini_batch_size is None:
         # `roles` forwards of B texts each, like one per role but with less padding

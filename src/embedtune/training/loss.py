@@ -69,6 +69,33 @@ def info_nce(
     return F.cross_entropy(logits, labels)
 
 
+def batch_similarity_logits(
+    texts: torch.Tensor, candidates: torch.Tensor, temperature: float, offset: int = 0
+) -> torch.Tensor:
+    """Every text of a batch scored against every text of the (global) batch but itself.
+
+    The rows of ``train.teacher_scope=batch``'s distillation: anchors, positives and hard negatives all
+    ask which other texts are near, so one step carries three times the teacher's judgements of the
+    anchor rows alone, and the anchor-anchor, positive-positive and negative-negative ones besides.
+
+    Args:
+        texts: (R, D) this process's texts, rows ``offset .. offset + R`` of ``candidates``.
+        candidates: (C, D) the global batch's texts, C >= offset + R.
+        temperature: softmax temperature.
+        offset: index of this process's first text among the candidates.
+
+    Returns:
+        (R, C) float32 cosine similarities / temperature, each text's own column -inf.
+    """
+    if candidates.shape[0] < offset + texts.shape[0]:
+        raise ValueError(f"{candidates.shape[0]} candidates cannot hold texts {offset}..{offset + texts.shape[0] - 1}")
+    t = F.normalize(texts.float(), dim=-1)  # (R, D)
+    c = F.normalize(candidates.float(), dim=-1)  # (C, D)
+    logits = t @ c.T / temperature  # (R, C)
+    rows = torch.arange(texts.shape[0], device=texts.device)
+    return logits.index_put((rows, rows + offset), torch.tensor(float("-inf"), device=texts.device))
+
+
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean KL(teacher || student) of each row's softmax over the same candidates.
 

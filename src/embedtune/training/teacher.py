@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .loss import contrastive_logits
+from .loss import batch_similarity_logits, contrastive_logits
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,45 @@ class TeacherScores:
         global batch ``batch`` (example indices), laid out as the student's: positives, then hard negatives
         when ``negatives``, then anchors when ``anchor_negatives`` (each anchor's own column -inf).
         Returns (count, candidates) float32."""
-        rows = self.rows[torch.as_tensor(list(batch), dtype=torch.long)]  # (G, 3)
-        needed = rows[:, :3] if negatives else rows[:, :2]
-        if (needed < 0).any():
-            bad = int(torch.as_tensor(list(batch))[(needed < 0).any(dim=1)][0])
-            raise RuntimeError(f"the teacher has no vectors for example {bad}: it was not among the examples "
-                               "embedded before training")
+        rows = self._rows(batch, 3 if negatives else 2)  # (G, roles)
         vec = self.vectors
         neg = vec[rows[:, 2]] if negatives else None
         anchors = vec[rows[:, 0]] if anchor_negatives else None
         logits, _ = contrastive_logits(vec[rows[start : start + count, 0]], vec[rows[:, 1]], neg, temperature,
                                        label_offset=start, anchor_candidates=anchors)
         return logits
+
+
+    def batch_logits(self, batch: Sequence[int], start: int, count: int, *, negatives: bool,
+                     temperature: float) -> torch.Tensor:
+        """The teacher's scores of every text of examples ``batch[start:start + count]`` (anchors, then
+        positives, then hard negatives when ``negatives``) against every text of the global batch ``batch``,
+        laid out as the student's gathered texts: process by process, each one's anchors, positives,
+        negatives (:func:`~embedtune.training.loss.batch_similarity_logits`; own columns -inf).
+        Returns (roles x count, roles x len(batch)) float32."""
+        if count <= 0 or len(batch) % count or start % count:
+            raise ValueError(f"a global batch of {len(batch)} cannot be split into process shares of {count} "
+                             f"starting at {start}")
+        roles = 3 if negatives else 2
+        rows = self._rows(batch, roles)  # (G, roles)
+        vec = self.vectors
+        texts = [vec[rows[r : r + count].T.reshape(-1)] for r in range(0, len(batch), count)]  # per process
+        return batch_similarity_logits(texts[start // count], torch.cat(texts), temperature,
+                                       offset=start // count * roles * count)
+
+    def _rows(self, batch: Sequence[int], roles: int) -> torch.Tensor:
+        """(len(batch), roles) vector indices of the examples' first ``roles`` texts.
+
+        Raises:
+            RuntimeError: an example has no vector for one of them (it was not embedded before training).
+        """
+        idx = torch.as_tensor(list(batch), dtype=torch.long)
+        rows = self.rows[idx][:, :roles]
+        if (rows < 0).any():
+            bad = int(idx[(rows < 0).any(dim=1)][0])
+            raise RuntimeError(f"the teacher has no vectors for example {bad}: it was not among the examples "
+                               "embedded before training")
+        return rows
 
 
 def teacher_scores(

@@ -254,6 +254,7 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
         # scaler.scale, not get_scale: it also creates the scaler's state, without which unscale_ fails
         loss_scale=float(run.scaler.scale(torch.ones((), device=run.device))) if run.scaler else 1.0,
         symmetric=tc.loss == "symmetric", anchor_negatives=tc.loss == "anchors", teacher_weight=tc.teacher_weight,
+        teacher_scope=tc.teacher_scope,
     )
     dist.average_gradients(run.params)
     loss = dist.all_reduce_mean(loss, run.device)
@@ -288,9 +289,13 @@ def batch_of_step(run: TrainingSetup, step: int) -> ContrastiveBatch:
     with_negatives = run.kinds[idx[0]]
     teacher = None
     if run.teacher is not None:
-        teacher = run.teacher.logits(batches[k], r * b, b, negatives=with_negatives,
-                                     anchor_negatives=run.cfg.train.loss == "anchors",
-                                     temperature=run.cfg.train.teacher_temperature)
+        tc = run.cfg.train
+        if tc.teacher_scope == "batch":
+            teacher = run.teacher.batch_logits(batches[k], r * b, b, negatives=with_negatives,
+                                               temperature=tc.teacher_temperature)
+        else:
+            teacher = run.teacher.logits(batches[k], r * b, b, negatives=with_negatives,
+                                         anchor_negatives=tc.loss == "anchors", temperature=tc.teacher_temperature)
     return ContrastiveBatch(
         tt.ids([e.anchor for e in rows]),
         tt.ids([e.positive for e in rows]),
@@ -318,6 +323,7 @@ def finish_training(run: TrainingSetup, state: LoopState, end: int, seconds: flo
                    "seconds_this_call": seconds, "world_size": dist.world_size(), "precision": state.precision,
                    "data": run.data_report, "best_step": state.best_step, "best_score": state.best_score,
                    "teacher": None if run.teacher is None else {"model": run.teacher.source,
+                                                                "scope": run.cfg.train.teacher_scope,
                                                                 "texts": int(run.teacher.vectors.shape[0]),
                                                                 "seconds": run.teacher.seconds},
                    "started": run.started, "finished": environment_meta()}
