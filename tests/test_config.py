@@ -31,6 +31,12 @@ def test_overrides_are_typed_and_applied_after_the_file(tmp_path):
     assert parse_override("train.lr=0.1") == (["train", "lr"], 0.1)
 
 
+@pytest.mark.parametrize("unset", ["null", "none", "None", "~"])
+def test_the_teacher_is_unset_by_null_or_none(unset):
+    assert load_config(None, ["train.teacher=all-MiniLM-L6-v2", f"train.teacher={unset}"]).train.teacher is None
+    assert load_config(None, ["train.teacher=none-such"]).train.teacher == "none-such"  # only the word itself
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
     ("train.batch_size=3.5", "train.batch_size: expected an integer, got 3.5"),
@@ -45,6 +51,7 @@ def test_overrides_are_typed_and_applied_after_the_file(tmp_path):
     ("model.pooling=max", "model.pooling: expected last, mean or weighted_mean, got 'max'"),
     ("model.padding_side=top", "model.padding_side: expected right or left, got 'top'"),
     ("train.loss=triplet", "train.loss: expected info_nce, symmetric or anchors, got 'triplet'"),
+    ("train.teacher_scope=all", "train.teacher_scope: expected anchors or batch, got 'all'"),
 ])
 def test_override_errors_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -116,7 +116,8 @@ class TrainConfig:
     teacher: str | None = field(default=None, metadata={
         "help": "distil from this embedding model as well: a sentence-transformers folder or packaged peer "
                 "(all-MiniLM-L6-v2) or an embedtune model folder; the student's softmax over each batch is "
-                "pulled toward the teacher's (None: labels only, as in the paper)"})
+                "pulled toward the teacher's (null or none: labels only, as in the paper)",
+        "none": True})
     teacher_weight: float = field(default=1.0, metadata={"help": "weight of the distillation (KL) term"})
     teacher_temperature: float = field(default=0.05, metadata={
         "help": "temperature of the teacher's softmax (its cosine similarities / this)"})
@@ -260,6 +261,8 @@ def _update(obj: Any, values: dict[str, Any], prefix: str) -> None:
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             _update(current, value, f"{key}.")
         else:
+            if fields[name].metadata.get("none") and isinstance(value, str) and value.lower() == "none":
+                value = None  # a field whose unset state reads as a word too (train.teacher=none)
             value = _coerce(value, hints[name], key)
             if "choices" in fields[name].metadata:
                 value = _check_choice(value, fields[name].metadata["choices"], key)
