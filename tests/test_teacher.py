@@ -70,8 +70,12 @@ def test_batch_scope_takes_the_kl_over_every_text_against_every_other():
     teacher.fill_diagonal_(float("-inf"))
     student, labels = contrastive_logits(a, p, n, 0.05)
     expected = F.cross_entropy(student, labels) + 0.5 * distillation_kl(sims, teacher)
-    got = global_info_nce(a, p, n, 0.05, teacher_logits=teacher, teacher_weight=0.5, teacher_scope="batch")
+    parts: dict[str, float] = {}
+    got = global_info_nce(a, p, n, 0.05, teacher_logits=teacher, teacher_weight=0.5, teacher_scope="batch",
+                          parts=parts)
     torch.testing.assert_close(got, expected)
+    assert parts["contrastive"] == pytest.approx(float(F.cross_entropy(student, labels)))
+    assert parts["kl"] == pytest.approx(float(distillation_kl(sims, teacher)))
     with pytest.raises(ValueError, match="teacher_scope must be"):
         global_info_nce(a, p, n, 0.05, teacher_logits=teacher, teacher_scope="rows")
 
@@ -174,6 +178,13 @@ def test_a_run_taught_by_a_sentence_transformers_model(tiny_llama, tiny_teacher,
         torch.testing.assert_close(b[k], a[k])
     assert any(not torch.allclose(a[k], c[k]) for k in a) and any(not torch.allclose(c[k], d[k]) for k in a)
     assert json.loads((whole / "train_summary.json").read_text())["teacher"]["scope"] == "batch"
+
+    def logged(run_dir):  # the training records of metrics.jsonl (not the dev evaluations)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if "loss" in r]
+
+    assert all(r["kl"] > 0 for r in logged(taught)) and logged(taught)  # the KL term is logged on its own
+    assert all("kl" not in r for r in logged(plain)) and logged(plain)
     summary = json.loads((taught / "train_summary.json").read_text())
     # 4 steps of 4 cover all 12 examples (3 per epoch); each has three distinct texts unless two coincide
     distinct = {t for e in exs for t in (e.anchor, e.positive, e.negative)}

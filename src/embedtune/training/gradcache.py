@@ -56,6 +56,7 @@ def global_info_nce(
     teacher_logits: torch.Tensor | None = None,
     teacher_weight: float = 1.0,
     teacher_scope: str = "anchors",
+    parts: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
     labels offset by rank x local batch.
@@ -70,6 +71,8 @@ def global_info_nce(
     :func:`~embedtune.training.loss.batch_similarity_logits`: each of this process's texts (anchors, then
     positives, then hard negatives) against every text of the global batch, gathered rank by rank in that
     order; ``teacher_logits`` is then (3B, W x 3B) or, without negatives, (2B, W x 2B).
+    ``parts``, when given, receives the terms as floats: ``contrastive`` and, with a teacher, ``kl``
+    (unweighted).
     """
     offset = rank() * anchor.shape[0]
     pos = gather_with_grad(positive)  # (W * B, D)
@@ -79,13 +82,18 @@ def global_info_nce(
     loss = F.cross_entropy(logits, labels)
     if symmetric:
         loss = (loss + info_nce(positive, gather_with_grad(anchor), None, temperature, label_offset=offset)) / 2
+    if parts is not None:
+        parts["contrastive"] = float(loss.detach())
     if teacher_logits is not None:
         if teacher_scope == "batch":
             texts = torch.cat([t for t in (anchor, positive, negative) if t is not None])  # (3B or 2B, D)
             logits = batch_similarity_logits(texts, gather_with_grad(texts), temperature, rank() * texts.shape[0])
         elif teacher_scope != "anchors":
             raise ValueError(f"teacher_scope must be 'anchors' or 'batch', got {teacher_scope!r}")
-        loss = loss + teacher_weight * distillation_kl(logits, teacher_logits)
+        kl = distillation_kl(logits, teacher_logits)
+        if parts is not None:
+            parts["kl"] = float(kl.detach())
+        loss = loss + teacher_weight * kl
     return loss
 
 
@@ -129,6 +137,7 @@ def contrastive_step(
     anchor_negatives: bool = False,
     teacher_weight: float = 1.0,
     teacher_scope: str = "anchors",
+    parts: dict[str, float] | None = None,
 ) -> float:
     """Forward and backward for one batch; gradients accumulate in the model's parameters.
 
@@ -147,6 +156,7 @@ def contrastive_step(
         anchor_negatives: also score each anchor against the batch's other anchors.
         teacher_weight: weight of the distillation term when ``batch.teacher_logits`` is given.
         teacher_scope: which rows the teacher's scores cover (see :func:`global_info_nce`).
+        parts: when given, receives the loss's terms (``contrastive``, ``kl``) as :func:`global_info_nce` does.
 
     Returns:
         The loss of this process's anchors (float).
@@ -166,7 +176,7 @@ def contrastive_step(
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         neg = emb[2 * b :] if batch.negatives is not None else None
         return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric, anchor_negatives,
-                               batch.teacher_logits, teacher_weight, teacher_scope)
+                               batch.teacher_logits, teacher_weight, teacher_scope, parts)
 
     if mini_batch_size is None:
         # `roles` forwards of B texts each, like one per role but with less padding
@@ -180,13 +190,13 @@ def contrastive_step(
         return float(loss.detach())
 
     chunks = token_budget_chunks([len(r) for r in rows], mini_batch_token_budget(rows, mini_batch_size, roles))
-    states, parts = [], []
+    states, pieces = [], []
     with torch.no_grad():
         for idx in chunks:
             states.append(_rng_state(device))  # replayed below, so dropout masks match the re-forward
-            parts.append(embed(idx))
-    cache = torch.empty(n, parts[0].shape[1], device=device)  # (n, D)
-    for idx, part in zip(chunks, parts):
+            pieces.append(embed(idx))
+    cache = torch.empty(n, pieces[0].shape[1], device=device)  # (n, D)
+    for idx, part in zip(chunks, pieces):
         cache[idx] = part
     cache.requires_grad_(True)
     loss = loss_of(cache)

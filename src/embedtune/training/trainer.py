@@ -156,7 +156,7 @@ def train(
                disable=not (show_progress and dist.is_main()), dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
     for step in range(state.step, end):
-        loss, grad_norm = training_step(run, state, step)
+        loss, grad_norm, kl = training_step(run, state, step)
         state.step, state.last_loss, seen = step + 1, loss, seen + cfg.train.batch_size
         rate = seen / (time.perf_counter() - t0)
         lr = run.scheduler.get_last_lr()[0]
@@ -164,7 +164,8 @@ def train(
         bar.update(1)
         if state.step % cfg.train.log_every == 0 or state.step == total:
             run.metrics.log({"step": state.step, "epoch": state.step / run.steps_per_epoch, "loss": loss, "lr": lr,
-                             "grad_norm": grad_norm, "triplets_per_s": rate, "elapsed_s": time.perf_counter() - t0})
+                             "grad_norm": grad_norm, "triplets_per_s": rate, "elapsed_s": time.perf_counter() - t0,
+                             **({} if kl is None else {"kl": kl})})
         if evaluating and (state.step % cfg.eval.every == 0 or state.step == total):
             evaluate_dev(run, state)
         if cfg.train.save_every > 0 and state.step % cfg.train.save_every == 0 and state.step < total:
@@ -239,8 +240,9 @@ def resume_state(run: TrainingSetup) -> LoopState:
     return state
 
 
-def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[float, float]:
-    """One optimizer step on the batch of ``step``; returns the global loss and the gradient norm.
+def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[float, float, float | None]:
+    """One optimizer step on the batch of ``step``; returns the global loss, the gradient norm, and with a
+    teacher the global mean of its (unweighted) KL term, which the loss includes (else None).
 
     Raises:
         TrainingDivergedError: the loss or the gradient is not finite (the last good state is saved first).
@@ -248,16 +250,18 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
     tc = run.cfg.train
     batch = batch_of_step(run, step)
     torch.manual_seed(tc.seed * 1_000_003 + dist.rank() * 10_007 + step)  # dropout RNG of this step and rank
+    parts: dict[str, float] = {}
     loss = contrastive_step(
         run.embedder, run.embedder.text_tokenizer.pad, batch, temperature=tc.temperature,
         mini_batch_size=tc.mini_batch_size, autocast=run.autocast, device=run.device,
         # scaler.scale, not get_scale: it also creates the scaler's state, without which unscale_ fails
         loss_scale=float(run.scaler.scale(torch.ones((), device=run.device))) if run.scaler else 1.0,
         symmetric=tc.loss == "symmetric", anchor_negatives=tc.loss == "anchors", teacher_weight=tc.teacher_weight,
-        teacher_scope=tc.teacher_scope,
+        teacher_scope=tc.teacher_scope, parts=parts,
     )
     dist.average_gradients(run.params)
     loss = dist.all_reduce_mean(loss, run.device)
+    kl = dist.all_reduce_mean(parts["kl"], run.device) if "kl" in parts else None
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, tc.max_grad_norm or float("inf"))
@@ -275,7 +279,7 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
         run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss, float(grad_norm)
+    return loss, float(grad_norm), kl
 
 
 def batch_of_step(run: TrainingSetup, step: int) -> ContrastiveBatch:
