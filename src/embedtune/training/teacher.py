@@ -82,7 +82,6 @@ class TeacherScores:
                                        label_offset=start, anchor_candidates=anchors)
         return logits
 
-
     def batch_logits(self, batch: Sequence[int], start: int, count: int, *, negatives: bool,
                      temperature: float) -> torch.Tensor:
         """The teacher's scores of every text of examples ``batch[start:start + count]`` (anchors, then
