@@ -59,6 +59,34 @@ def test_global_loss_with_a_teacher_adds_the_weighted_kl_to_info_nce(anchor_nega
     assert got > global_info_nce(a, p, n, 0.05, anchor_negatives=anchor_negatives)
 
 
+@pytest.mark.parametrize("scope", ["anchors", "batch"])
+def test_the_distillation_temperature_softens_both_softmaxes_and_keeps_the_gradient_scale(scope):
+    torch.manual_seed(2)
+    a, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    texts = torch.cat([a, p, n])
+    if scope == "anchors":
+        teacher_cos, _ = contrastive_logits(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3), 1.0)
+        student_cos, _ = contrastive_logits(a, p, n, 1.0)
+    else:
+        teacher_cos = batch_similarity_logits(torch.randn(12, 3), torch.randn(12, 3), 1.0)
+        student_cos = batch_similarity_logits(texts, texts, 1.0)
+    student, labels = contrastive_logits(a, p, n, 0.05)
+    kl_at_01 = distillation_kl(student_cos / 0.1, teacher_cos / 0.1)
+    expected = F.cross_entropy(student, labels) + 0.5 * (0.1 / 0.05) ** 2 * kl_at_01  # Hinton's T^2 correction
+    parts: dict[str, float] = {}
+    got = global_info_nce(a, p, n, 0.05, teacher_logits=teacher_cos / 0.1, teacher_weight=0.5, teacher_scope=scope,
+                          parts=parts, teacher_temperature=0.1)
+    torch.testing.assert_close(got, expected)
+    assert parts["kl"] == pytest.approx(float(kl_at_01))
+    # at the InfoNCE temperature (or unset) the term is the plain KL of the two softmaxes at 0.05
+    same = global_info_nce(a, p, n, 0.05, teacher_logits=teacher_cos / 0.05, teacher_weight=0.5,
+                           teacher_scope=scope, teacher_temperature=0.05)
+    torch.testing.assert_close(same, global_info_nce(a, p, n, 0.05, teacher_logits=teacher_cos / 0.05,
+                                                     teacher_weight=0.5, teacher_scope=scope))
+    torch.testing.assert_close(same, F.cross_entropy(student, labels)
+                               + 0.5 * distillation_kl(student_cos / 0.05, teacher_cos / 0.05))
+
+
 def test_batch_scope_takes_the_kl_over_every_text_against_every_other():
     torch.manual_seed(1)
     a, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
@@ -141,10 +169,11 @@ def test_cached_gradients_equal_plain_gradients_with_a_teacher(tiny_llama):
     texts = torch.randn(24, 4)
     for scope, logits in (("anchors", teacher), ("batch", batch_similarity_logits(texts, texts, 0.05))):
         batch.teacher_logits = logits
-        plain_loss = contrastive_step(emb, tt.pad, batch, teacher_weight=2.0, teacher_scope=scope)
+        kw = {"teacher_weight": 2.0, "teacher_scope": scope, "teacher_temperature": 0.1 if scope == "batch" else None}
+        plain_loss = contrastive_step(emb, tt.pad, batch, **kw)
         plain = _grads(emb)
         emb.zero_grad(set_to_none=True)
-        cached_loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=3, teacher_weight=2.0, teacher_scope=scope)
+        cached_loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=3, **kw)
         cached = _grads(emb)
         emb.zero_grad(set_to_none=True)
         without = contrastive_step(emb, tt.pad, ContrastiveBatch(batch.anchors, batch.positives, batch.negatives))
@@ -173,10 +202,12 @@ def test_a_run_taught_by_a_sentence_transformers_model(tiny_llama, tiny_teacher,
     silent = run("silent", teacher=str(tiny_teacher), teacher_weight=0.0)
     taught = run("taught", teacher=str(tiny_teacher), teacher_weight=1.0)
     whole = run("whole", teacher=str(tiny_teacher), teacher_weight=1.0, teacher_scope="batch")
-    a, b, c, d = (load_file(str(r / "adapter_model.safetensors")) for r in (plain, silent, taught, whole))
-    for k in a:  # weight 0: the teacher changes nothing; weight 1: it changes the updates, and so does its scope
-        torch.testing.assert_close(b[k], a[k])
+    soft = run("soft", teacher=str(tiny_teacher), teacher_weight=1.0, teacher_temperature=0.2)
+    a, b, c, d, e = (load_file(str(r / "adapter_model.safetensors")) for r in (plain, silent, taught, whole, soft))
+    for k in a:  # weight 0: the teacher changes nothing; weight 1: it changes the updates, so do its scope
+        torch.testing.assert_close(b[k], a[k])  # and its temperature
     assert any(not torch.allclose(a[k], c[k]) for k in a) and any(not torch.allclose(c[k], d[k]) for k in a)
+    assert any(not torch.allclose(c[k], e[k]) for k in a)
     assert json.loads((whole / "train_summary.json").read_text())["teacher"]["scope"] == "batch"
 
     def logged(run_dir):  # the training records of metrics.jsonl (not the dev evaluations)
@@ -190,6 +221,23 @@ def test_a_run_taught_by_a_sentence_transformers_model(tiny_llama, tiny_teacher,
     distinct = {t for e in exs for t in (e.anchor, e.positive, e.negative)}
     assert summary["teacher"]["model"] == str(tiny_teacher) and summary["teacher"]["texts"] == len(distinct)
     assert json.loads((plain / "train_summary.json").read_text())["teacher"] is None
+
+
+def test_the_trainer_hands_the_distillation_temperature_to_the_loss(tiny_llama, tiny_teacher, tmp_path,
+                                                                    monkeypatch):
+    from embedtune.training import trainer as trainer_mod
+
+    seen = []
+
+    def spy(model, pad, batch, **kw):
+        seen.append((kw["teacher_temperature"], float(batch.teacher_logits.max())))
+        return contrastive_step(model, pad, batch, **kw)
+
+    monkeypatch.setattr(trainer_mod, "contrastive_step", spy)
+    cfg = tiny_cfg(tiny_llama, tmp_path / "run", max_steps=2, teacher=str(tiny_teacher), teacher_temperature=0.2)
+    train(cfg, examples=make_examples(8), show_progress=False)
+    # the teacher's logits are cosines / 0.2 (at most 5) and the loss is told the same temperature
+    assert [t for t, _ in seen] == [0.2, 0.2] and all(m <= 5.0 + 1e-4 for _, m in seen)
 
 
 def test_a_teacher_that_is_no_model_is_refused_by_name(tiny_llama, tmp_path):

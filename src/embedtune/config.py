@@ -120,7 +120,10 @@ class TrainConfig:
         "none": True})
     teacher_weight: float = field(default=1.0, metadata={"help": "weight of the distillation (KL) term"})
     teacher_temperature: float = field(default=0.05, metadata={
-        "help": "temperature of the teacher's softmax (its cosine similarities / this)"})
+        "help": "temperature of the distillation term: the teacher's and the student's cosine similarities "
+                "are both divided by it before their softmaxes are compared, and the KL is scaled by "
+                "(this / train.temperature)^2; above train.temperature, more of the teacher's graded "
+                "judgement of the far candidates reaches the student"})
     teacher_scope: str = field(default="anchors", metadata={
         "help": "the rows the teacher's softmax covers: anchors: each anchor over the loss's candidates; "
                 "batch: every text of the batch (anchor, positive, hard negative) over all the others",

@@ -57,6 +57,7 @@ def global_info_nce(
     teacher_weight: float = 1.0,
     teacher_scope: str = "anchors",
     parts: dict[str, float] | None = None,
+    teacher_temperature: float | None = None,
 ) -> torch.Tensor:
     """InfoNCE over the global batch: candidates gathered from all ranks with gradient, anchors local,
     labels offset by rank x local batch.
@@ -71,6 +72,10 @@ def global_info_nce(
     :func:`~embedtune.training.loss.batch_similarity_logits`: each of this process's texts (anchors, then
     positives, then hard negatives) against every text of the global batch, gathered rank by rank in that
     order; ``teacher_logits`` is then (3B, W x 3B) or, without negatives, (2B, W x 2B).
+    ``teacher_temperature`` (None: ``temperature``) is the temperature of the distillation term: the
+    teacher's logits come with it, the student's similarities are divided by it too, and the KL is
+    multiplied by (``teacher_temperature`` / ``temperature``)^2 (Hinton et al.'s correction, which keeps the
+    term's gradients about the same size at any temperature, so the weight means the same).
     ``parts``, when given, receives the terms as floats: ``contrastive`` and, with a teacher, ``kl``
     (unweighted).
     """
@@ -90,10 +95,11 @@ def global_info_nce(
             logits = batch_similarity_logits(texts, gather_with_grad(texts), temperature, rank() * texts.shape[0])
         elif teacher_scope != "anchors":
             raise ValueError(f"teacher_scope must be 'anchors' or 'batch', got {teacher_scope!r}")
-        kl = distillation_kl(logits, teacher_logits)
+        kd_temperature = teacher_temperature or temperature
+        kl = distillation_kl(logits * (temperature / kd_temperature), teacher_logits)
         if parts is not None:
             parts["kl"] = float(kl.detach())
-        loss = loss + teacher_weight * kl
+        loss = loss + teacher_weight * (kd_temperature / temperature) ** 2 * kl
     return loss
 
 
@@ -138,6 +144,7 @@ def contrastive_step(
     teacher_weight: float = 1.0,
     teacher_scope: str = "anchors",
     parts: dict[str, float] | None = None,
+    teacher_temperature: float | None = None,
 ) -> float:
     """Forward and backward for one batch; gradients accumulate in the model's parameters.
 
@@ -157,6 +164,7 @@ def contrastive_step(
         teacher_weight: weight of the distillation term when ``batch.teacher_logits`` is given.
         teacher_scope: which rows the teacher's scores cover (see :func:`global_info_nce`).
         parts: when given, receives the loss's terms (``contrastive``, ``kl``) as :func:`global_info_nce` does.
+        teacher_temperature: temperature of the distillation term (see :func:`global_info_nce`).
 
     Returns:
         The loss of this process's anchors (float).
@@ -176,7 +184,7 @@ def contrastive_step(
     def loss_of(emb: torch.Tensor) -> torch.Tensor:
         neg = emb[2 * b :] if batch.negatives is not None else None
         return global_info_nce(emb[:b], emb[b : 2 * b], neg, temperature, symmetric, anchor_negatives,
-                               batch.teacher_logits, teacher_weight, teacher_scope, parts)
+                               batch.teacher_logits, teacher_weight, teacher_scope, parts, teacher_temperature)
 
     if mini_batch_size is None:
         # `roles` forwards of B texts each, like one per role but with less padding

@@ -257,7 +257,7 @@ def training_step(run: TrainingSetup, state: LoopState, step: int) -> tuple[floa
         # scaler.scale, not get_scale: it also creates the scaler's state, without which unscale_ fails
         loss_scale=float(run.scaler.scale(torch.ones((), device=run.device))) if run.scaler else 1.0,
         symmetric=tc.loss == "symmetric", anchor_negatives=tc.loss == "anchors", teacher_weight=tc.teacher_weight,
-        teacher_scope=tc.teacher_scope, parts=parts,
+        teacher_scope=tc.teacher_scope, parts=parts, teacher_temperature=tc.teacher_temperature,
     )
     dist.average_gradients(run.params)
     loss = dist.all_reduce_mean(loss, run.device)
