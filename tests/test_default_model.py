@@ -41,6 +41,31 @@ def test_embeddings_finite_and_deterministic(default_embedder):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_the_shared_p1_prefix_gives_the_vectors_of_whole_rows(default_embedder, shared_data):
+    """The real model with the shipped prompt: P1's opening tokens run once per batch (bf16 autocast as in
+    evaluation, and fp32) give the vectors that whole rows give."""
+    from embedtune.config import resolve_prompt
+    from embedtune.data.sts import load_sts
+
+    texts = load_sts("STSBenchmark", shared_data).sentences1[:48]
+    emb = default_embedder  # shared by the session: its prompt and switches are put back at the end
+    try:
+        emb.text_tokenizer.prompt = resolve_prompt("p1")
+        batch = emb.tokenize(texts)
+        with torch.inference_mode():
+            assert emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"]) >= 3  # This sentence: "
+        for autocast, atol in ((None, 1e-4), ("bf16", 2e-2)):
+            emb.autocast = autocast
+            shared = emb.encode(texts, batch_size=16)
+            emb.share_prefix = False
+            whole = emb.encode(texts, batch_size=16)
+            emb.share_prefix = True
+            np.testing.assert_allclose(shared, whole, atol=atol)
+            assert float((shared * whole).sum(axis=1).min()) > 0.999  # unit vectors pointing the same way
+    finally:
+        emb.text_tokenizer.prompt, emb.autocast, emb.share_prefix = None, None, True
+
+
 def test_spearman_on_200_stsb_pairs_matches_independent_computation(default_embedder, shared_data):
     """Our pipeline vs the paper's protocol written out here: one sentence per forward pass through the
     causal LM with output_hidden_states, EOS id appended by hand, last hidden state of the last position."""

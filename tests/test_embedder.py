@@ -220,3 +220,62 @@ def test_adapter_run_at_reduced_depth_reloads_at_that_depth(tiny_llama, tmp_path
     again = Embedder.load(tmp_path / "run", device="cpu")
     assert again.num_layers == 1
     np.testing.assert_allclose(again.encode(TEXTS), before, atol=1e-6)
+
+
+PROMPT = "this sentence {} means one word"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_shared_prompt_prefix_runs_once_and_changes_no_embedding(tiny_models, family, attn):
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(str(tiny_models[family]), attn_implementation=attn).eval()
+    emb = Embedder(backbone, make_tokenizer(), prompt=PROMPT)
+    batch = emb.tokenize(TEXTS)
+    with torch.inference_mode():
+        assert emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"]) == 3  # <s> this sentence
+    # the same words open every text: the shared prefix reaches into the texts
+    same_start = ["the dog", "the dog plays in the park", "the dog is eating food"]
+    for texts in (TEXTS, same_start):
+        shared = emb.encode(texts, batch_size=len(texts), normalize=False)
+        emb.share_prefix = False
+        whole = emb.encode(texts, batch_size=len(texts), normalize=False)
+        emb.share_prefix = True
+        assert np.isfinite(shared).all()
+        np.testing.assert_allclose(shared, whole, atol=1e-5)
+    batch = emb.tokenize(same_start)
+    with torch.inference_mode():  # the last row is "<s> this sentence the dog means one word </s>"
+        assert emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"]) == 5
+
+
+def test_a_shared_prefix_with_an_adapter_gives_the_adapters_embeddings(tiny_llama, tmp_path):
+    from conftest import make_lora_run
+
+    make_lora_run(tiny_llama, tmp_path / "run", seed=0, prompt=PROMPT)
+    emb = Embedder.load(tmp_path / "run", device="cpu")
+    assert emb.has_adapter() and emb.prompt == PROMPT
+    shared = emb.encode(TEXTS, batch_size=4)
+    emb.share_prefix = False
+    np.testing.assert_allclose(shared, emb.encode(TEXTS, batch_size=4), atol=1e-5)
+
+
+def test_the_prefix_is_not_shared_where_it_would_change_the_result(tiny_llama):
+    def length(emb, texts, grad=False):
+        batch = emb.tokenize(texts)
+        with torch.set_grad_enabled(grad):
+            return emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"])
+
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt=PROMPT)
+    assert length(emb, TEXTS) == 3
+    assert length(emb, TEXTS, grad=True) == 0  # training keeps the plain forward
+    assert length(emb, TEXTS[:1]) == 0  # one row: nothing to share
+    emb.backbone.config._attn_implementation = "flash_attention_2"  # only eager and sdpa are checked here
+    assert length(emb, TEXTS) == 0
+    emb.backbone.config._attn_implementation = "eager"
+    assert length(Embedder.from_pretrained(str(tiny_llama), device="cpu"), TEXTS) == 0  # only <s> in common
+    mean = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt=PROMPT, pooling="mean")
+    assert length(mean, TEXTS) == 0  # the prefix's states are part of a mean
+    left = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt=PROMPT, padding_side="left")
+    assert length(left, TEXTS) == 0  # rows of different lengths start with padding
+    np.testing.assert_allclose(left.encode(TEXTS), emb.encode(TEXTS), atol=1e-5)

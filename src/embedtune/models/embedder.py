@@ -6,6 +6,7 @@ maps texts to a float32 numpy array (inference). Both share :class:`~embedtune.d
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -196,7 +197,15 @@ class Embedder(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, L) and mask (B, L) -> pooled embeddings (B, D), not normalized."""
+        """Token ids (B, L) and mask (B, L) -> pooled embeddings (B, D), not normalized.
+
+        Without a graph (inference), the tokens that open every row of the batch alike (P1's
+        ``This sentence: "``) run once and their keys and values serve every row
+        (:meth:`shared_prefix_length`); the result is the same up to float rounding.
+        """
+        p = self.shared_prefix_length(input_ids, attention_mask)
+        if p:
+            return self._forward_after_prefix(input_ids, attention_mask, p)
         out = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -205,6 +214,56 @@ class Embedder(nn.Module):
             use_cache=False,
         )
         return self.pool(out.last_hidden_state, attention_mask)  # (B, D)
+
+    #: Run a batch's shared opening tokens once (see :meth:`shared_prefix_length`); False: every row whole.
+    share_prefix: bool = True
+    #: Shorter shared openings are not worth the extra forward.
+    MIN_SHARED_PREFIX = 2
+
+    def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+        """How many leading tokens :meth:`forward` runs once for the whole batch: 0, or the length of the
+        token prefix that every row starts with, when
+
+        - no graph is being recorded (training keeps the plain forward, so its gradients, GradCache's
+          replays and gradient checkpointing are untouched);
+        - the pooling is ``last`` (the prefix's states take no part in the vector);
+        - attention is ``eager`` or ``sdpa`` (the two checked to give the same vectors; others run whole);
+        - the batch has two or more rows and no row starts with padding;
+        - every row keeps at least one token after it, and the prefix is at least
+          :attr:`MIN_SHARED_PREFIX` tokens.
+        """
+        if not self.share_prefix or torch.is_grad_enabled() or self.pooling != "last" or input_ids.shape[0] < 2:
+            return 0
+        if getattr(self.backbone.config, "_attn_implementation", None) not in ("eager", "sdpa"):
+            return 0
+        same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (L,)
+        p = int(torch.cumprod(same.to(torch.int32), dim=0).sum())
+        p = min(p, int(attention_mask.sum(dim=1).min()) - 1)
+        return p if p >= self.MIN_SHARED_PREFIX else 0
+
+    def _forward_after_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int) -> torch.Tensor:
+        """:meth:`forward` with the first ``p`` tokens (the same in every row) run once, as one row, and
+        their cached keys and values repeated for the batch."""
+        b = input_ids.shape[0]
+        head = self.backbone(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
+                             position_ids=torch.arange(p, device=input_ids.device)[None], use_cache=True)
+        cache = head.cache if getattr(head, "cache", None) is not None else head.past_key_values
+        cache.batch_repeat_interleave(b)
+        rest = attention_mask[:, p:]  # (B, L - p)
+        out = self.backbone(
+            input_ids=input_ids[:, p:],
+            attention_mask=attention_mask,  # (B, L): the prefix's columns are all real tokens
+            position_ids=p + position_ids(rest),
+            use_cache=True,
+            **{self._cache_argument(): cache},
+        )
+        return self.pool(out.last_hidden_state, rest)  # (B, D)
+
+    def _cache_argument(self) -> str:
+        """The keyword the backbone takes a KV cache by: ``cache`` (transformers 5.x since the rename),
+        else ``past_key_values``."""
+        base = self.backbone.get_base_model() if self.has_adapter() else self.backbone
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) and mask (B, L) -> (B, D) by this embedder's pooling."""
