@@ -53,6 +53,7 @@ def test_the_shared_p1_prefix_gives_the_vectors_of_whole_rows(default_embedder, 
         emb.text_tokenizer.prompt = resolve_prompt("p1")
         batch = emb.tokenize(texts)
         with torch.inference_mode():
+            emb.eval()
             assert emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"]) >= 3  # This sentence: "
         for autocast, atol in ((None, 1e-4), ("bf16", 2e-2)):
             emb.autocast = autocast

@@ -231,7 +231,7 @@ def test_a_shared_prompt_prefix_runs_once_and_changes_no_embedding(tiny_models, 
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(str(tiny_models[family]), attn_implementation=attn).eval()
-    emb = Embedder(backbone, make_tokenizer(), prompt=PROMPT)
+    emb = Embedder(backbone, make_tokenizer(), prompt=PROMPT).eval()
     batch = emb.tokenize(TEXTS)
     with torch.inference_mode():
         assert emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"]) == 3  # <s> this sentence
@@ -261,14 +261,19 @@ def test_a_shared_prefix_with_an_adapter_gives_the_adapters_embeddings(tiny_llam
 
 
 def test_the_prefix_is_not_shared_where_it_would_change_the_result(tiny_llama):
-    def length(emb, texts, grad=False):
+    def length(emb, texts, grad=False, train=False):
         batch = emb.tokenize(texts)
+        emb.train(train)
         with torch.set_grad_enabled(grad):
             return emb.shared_prefix_length(batch["input_ids"], batch["attention_mask"])
 
     emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt=PROMPT)
     assert length(emb, TEXTS) == 3
-    assert length(emb, TEXTS, grad=True) == 0  # training keeps the plain forward
+    assert length(emb, TEXTS, grad=True) == 0  # a graph: only where the trainer allows it
+    assert length(emb, TEXTS, train=True) == 0  # train mode (GradCache's no-grad pass): likewise
+    emb.share_prefix_with_grad = True
+    assert length(emb, TEXTS, grad=True, train=True) == 3
+    emb.share_prefix_with_grad = False
     assert length(emb, TEXTS[:1]) == 0  # one row: nothing to share
     emb.backbone.config._attn_implementation = "flash_attention_2"  # only eager and sdpa are checked here
     assert length(emb, TEXTS) == 0

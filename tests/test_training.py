@@ -101,8 +101,8 @@ def _lora_embedder(model_dir, dropout=0.0):
     cfg = RunConfig()
     cfg.model.name_or_path = str(model_dir)
     cfg.lora.r, cfg.lora.dropout = 4, dropout
+    torch.manual_seed(1)  # LoRA's A factors too: the same weights whatever ran before
     emb = build_embedder(cfg, torch.device("cpu"))
-    torch.manual_seed(1)
     with torch.no_grad():
         for n, p in emb.backbone.named_parameters():
             if "lora_B" in n:
@@ -112,6 +112,52 @@ def _lora_embedder(model_dir, dropout=0.0):
 
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_shared_prompt_prefix_in_training_gives_the_gradients_of_whole_rows(tiny_llama):
+    emb = _lora_embedder(tiny_llama)  # LoRA dropout 0, no checkpointing: the trainer lets it share
+    assert emb.share_prefix_with_grad
+    emb.text_tokenizer.prompt = "this sentence {} means one word"
+    exs = make_examples(8)
+    tt = emb.text_tokenizer
+    batch = ContrastiveBatch(tt.ids([e.anchor for e in exs]), tt.ids([e.positive for e in exs]),
+                             tt.ids([e.negative for e in exs]))
+    enc = tt.pad(batch.anchors)
+    assert emb.training and emb.shared_prefix_length(enc["input_ids"], enc["attention_mask"]) == 3
+    shared_loss = contrastive_step(emb, tt.pad, batch)
+    shared = _grads(emb)
+    emb.zero_grad(set_to_none=True)
+    cached_loss = contrastive_step(emb, tt.pad, batch, mini_batch_size=3)  # GradCache shares in both passes
+    cached = _grads(emb)
+    emb.zero_grad(set_to_none=True)
+    emb.share_prefix_with_grad = False
+    assert emb.shared_prefix_length(enc["input_ids"], enc["attention_mask"]) == 0
+    whole_loss = contrastive_step(emb, tt.pad, batch)
+    whole = _grads(emb)
+    assert shared_loss == pytest.approx(whole_loss, rel=1e-5) and cached_loss == pytest.approx(whole_loss, rel=1e-5)
+    for n in whole:
+        torch.testing.assert_close(shared[n], whole[n], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cached[n], whole[n], rtol=1e-4, atol=1e-5)
+
+
+def test_the_trainer_shares_the_prefix_in_training_only_where_it_is_exact(tiny_llama):
+    def shares(dropout=0.0, **train):
+        cfg = RunConfig()
+        cfg.model.name_or_path, cfg.lora.r, cfg.lora.dropout = str(tiny_llama), 4, dropout
+        for k, v in train.items():
+            setattr(cfg.train, k, v)
+        return build_embedder(cfg, torch.device("cpu")).share_prefix_with_grad
+
+    assert shares() is True
+    assert shares(dropout=0.1) is False  # one dropout mask would serve every row
+    assert shares(gradient_checkpointing=True) is False  # checkpointed layers drop the KV cache
+    assert shares(share_prefix=False) is False
+    emb = _lora_embedder(tiny_llama, dropout=0.1)
+    emb.text_tokenizer.prompt = "this sentence {} means one word"
+    enc = emb.text_tokenizer(["a man plays guitar", "the dog"])
+    with torch.no_grad():  # GradCache's first pass in train mode must match its re-forward: no sharing
+        assert emb.shared_prefix_length(enc["input_ids"], enc["attention_mask"]) == 0
+        assert emb.eval().shared_prefix_length(enc["input_ids"], enc["attention_mask"]) == 3
 
 
 @pytest.mark.parametrize("with_negatives", [True, False])

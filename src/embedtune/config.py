@@ -138,6 +138,10 @@ class TrainConfig:
     )
     seed: int = field(default=7, metadata={"help": "random seed"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
+    share_prefix: bool = field(default=True, metadata={
+        "help": "run the prompt's opening tokens (the same in every row) once per forward chunk in training "
+                "too, their keys and values repeated for the rows; not with LoRA dropout (one mask would serve "
+                "every row) or gradient checkpointing, where every row runs whole"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "keep the last K checkpoints"})
     log_every: int = field(default=10, metadata={"help": "write metrics every N steps"})

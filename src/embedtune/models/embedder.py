@@ -6,6 +6,7 @@ maps texts to a float32 numpy array (inference). Both share :class:`~embedtune.d
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from collections.abc import Sequence
@@ -199,9 +200,9 @@ class Embedder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L) and mask (B, L) -> pooled embeddings (B, D), not normalized.
 
-        Without a graph (inference), the tokens that open every row of the batch alike (P1's
-        ``This sentence: "``) run once and their keys and values serve every row
-        (:meth:`shared_prefix_length`); the result is the same up to float rounding.
+        The tokens that open every row of the batch alike (P1's ``This sentence: "``) run once and their
+        keys and values serve every row (:meth:`shared_prefix_length`): always without a graph, in training
+        where the trainer allows it; the result is the same up to float rounding.
         """
         p = self.shared_prefix_length(input_ids, attention_mask)
         if p:
@@ -217,23 +218,33 @@ class Embedder(nn.Module):
 
     #: Run a batch's shared opening tokens once (see :meth:`shared_prefix_length`); False: every row whole.
     share_prefix: bool = True
+    #: Share it with a graph too (training); the trainer turns this on where it is exact (``train.share_prefix``).
+    share_prefix_with_grad: bool = False
     #: Shorter shared openings are not worth the extra forward.
     MIN_SHARED_PREFIX = 2
+    #: Prefix KV caches (batch of one) by token ids, kept for the length of one :meth:`encode_ids` call
+    #: (weights and autocast fixed), so the prefix runs once per call rather than once per batch; None
+    #: elsewhere, where every forward runs its own.
+    _prefix_memo: dict[tuple[int, ...], Any] | None = None
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
         """How many leading tokens :meth:`forward` runs once for the whole batch: 0, or the length of the
         token prefix that every row starts with, when
 
-        - no graph is being recorded (training keeps the plain forward, so its gradients, GradCache's
-          replays and gradient checkpointing are untouched);
+        - the model is in eval mode and no graph is being recorded (inference), or
+          :attr:`share_prefix_with_grad` is set (the trainer sets it unless
+          LoRA dropout or gradient checkpointing is on; the prefix's states then take the gradients of every
+          row);
         - the pooling is ``last`` (the prefix's states take no part in the vector);
         - attention is ``eager`` or ``sdpa`` (the two checked to give the same vectors; others run whole);
         - the batch has two or more rows and no row starts with padding;
         - every row keeps at least one token after it, and the prefix is at least
           :attr:`MIN_SHARED_PREFIX` tokens.
         """
-        if not self.share_prefix or torch.is_grad_enabled() or self.pooling != "last" or input_ids.shape[0] < 2:
+        if not self.share_prefix or self.pooling != "last" or input_ids.shape[0] < 2:
             return 0
+        if (torch.is_grad_enabled() or self.training) and not self.share_prefix_with_grad:
+            return 0  # in train mode GradCache's no-grad pass must match its re-forward with a graph
         if getattr(self.backbone.config, "_attn_implementation", None) not in ("eager", "sdpa"):
             return 0
         same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (L,)
@@ -245,9 +256,16 @@ class Embedder(nn.Module):
         """:meth:`forward` with the first ``p`` tokens (the same in every row) run once, as one row, and
         their cached keys and values repeated for the batch."""
         b = input_ids.shape[0]
-        head = self.backbone(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
-                             position_ids=torch.arange(p, device=input_ids.device)[None], use_cache=True)
-        cache = head.cache if getattr(head, "cache", None) is not None else head.past_key_values
+        key = tuple(input_ids[0, :p].tolist())
+        memo = self._prefix_memo
+        if memo is not None and key in memo:
+            cache = copy.deepcopy(memo[key])  # the forward below appends the rows' keys to it
+        else:
+            head = self.backbone(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
+                                 position_ids=torch.arange(p, device=input_ids.device)[None], use_cache=True)
+            cache = head.cache if getattr(head, "cache", None) is not None else head.past_key_values
+            if memo is not None:
+                memo[key] = copy.deepcopy(cache)
         cache.batch_repeat_interleave(b)
         rest = attention_mask[:, p:]  # (B, L - p)
         out = self.backbone(
@@ -311,16 +329,20 @@ class Embedder(nn.Module):
         device = self.device
         from tqdm.auto import tqdm
 
-        with eval_mode(self), torch.inference_mode(), self.autocast_context(), tqdm(
-            total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
-        ) as bar:
-            for idx in batches_by_length([len(r) for r in rows], batch_size):
-                batch = self.text_tokenizer.pad([rows[i] for i in idx])
-                emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()  # (b, D)
-                if normalize:
-                    emb = torch.nn.functional.normalize(emb, dim=-1)
-                out[idx] = emb.cpu().numpy()
-                bar.update(len(idx))
+        self._prefix_memo = {}
+        try:
+            with eval_mode(self), torch.inference_mode(), self.autocast_context(), tqdm(
+                total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
+            ) as bar:
+                for idx in batches_by_length([len(r) for r in rows], batch_size):
+                    batch = self.text_tokenizer.pad([rows[i] for i in idx])
+                    emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()  # (b, D)
+                    if normalize:
+                        emb = torch.nn.functional.normalize(emb, dim=-1)
+                    out[idx] = emb.cpu().numpy()
+                    bar.update(len(idx))
+        finally:
+            self._prefix_memo = None
         return out
 
     # ---- persistence ------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ def build_embedder(cfg: RunConfig, device: torch.device) -> Embedder:
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(embedder.backbone)
     embedder.backbone = apply_lora(embedder.backbone, cfg.lora)
+    # The shared prompt prefix with a graph: one dropout mask would serve every row, and checkpointed
+    # layers drop the KV cache, so both keep every row whole.
+    embedder.share_prefix_with_grad = (cfg.train.share_prefix and not cfg.lora.dropout
+                                       and not cfg.train.gradient_checkpointing)
     return embedder
 
 
