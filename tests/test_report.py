@@ -190,3 +190,11 @@ def test_plot_tradeoff_writes_a_png_and_rejects_nothing(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no points"):
         plot_tradeoff([], tmp_path / "u.png")
+
+
+def test_bar_charts_of_high_scores_start_their_axis_near_the_lowest():
+    bar_floor = plots.bar_floor
+    assert bar_floor([71.76, 88.5, 80.0]) == 65.0  # 5 below the lowest, down to a multiple of 5
+    assert bar_floor([75.0, 90.0]) == 70.0
+    assert bar_floor([21.6, 80.0]) == 0.0  # an untrained base among them: the axis starts at zero
+    assert bar_floor([]) == 0.0 and bar_floor([float("nan"), 50.0]) == 45.0

@@ -35,20 +35,31 @@ def plot_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
     (a run) in each, a gap where a value is None. The legend sits below the axes: inside, it would cover
     the tallest bars.
 
+    When every value lies high above zero (trained models' STS scores: 70-90), the axis starts a little
+    below the lowest (:func:`bar_floor`, a multiple of 5, named in the y label), so that the differences
+    between runs, the point of the chart, are visible. Up to 20 series get a colour each.
+
     Raises:
         ImportError: matplotlib is missing (install the ``plot`` extra).
     """
+    import matplotlib
     import numpy as np
 
     rows = -(-len(series) // 4)  # legend rows
     n = len(groups) - 1  # the width as sized for the benchmarks, before a mean group was added
-    figure = _figure(width=max(6.0, 1.0 + 0.35 * n * len(series) + 0.6 * n), height=4.0 + 0.25 * rows)
+    width_in = min(20.0, max(6.0, 1.0 + 0.35 * n * len(series) + 0.6 * n))
+    figure = _figure(width=width_in, height=4.0 + 0.25 * rows)
     ax = figure.add_subplot(1, 1, 1)
     x = np.arange(len(groups))
     width = 0.8 / len(series)
+    palette = matplotlib.colormaps["tab20" if len(series) > 10 else "tab10"].colors
     for i, (label, values) in enumerate(series.items()):
         heights = [np.nan if v is None else v for v in values]
-        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=label)
+        ax.bar(x - 0.4 + width * (i + 0.5), heights, width, label=label, color=palette[i % len(palette)])
+    floor = bar_floor([v for values in series.values() for v in values if v is not None])
+    if floor:
+        ax.set_ylim(bottom=floor)
+        ylabel = f"{ylabel} (axis from {floor:g})"
     ax.set_xticks(x)
     ax.set_xticklabels(groups, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
@@ -57,6 +68,15 @@ def plot_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
     ax.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return _save_png(figure, Path(path))
+
+
+def bar_floor(values: Sequence[float]) -> float:
+    """Where a bar chart's value axis starts: 0, unless every value is above 40; then 5 below the lowest
+    value, rounded down to a multiple of 5 (scores of 71-88 get an axis from 65)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite or min(finite) <= 40:
+        return 0.0
+    return float(5 * math.floor((min(finite) - 5) / 5))
 
 
 def plot_curve(points: Sequence[dict], path: str | Path, metric: str = MAIN_METRIC) -> Path:
