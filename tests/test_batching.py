@@ -64,3 +64,19 @@ def test_a_request_larger_than_a_pass_and_a_small_one_get_their_own_vectors(embe
         batcher.close()
     np.testing.assert_allclose(results[0], embedder.encode_ids(rows), atol=1e-6)
     np.testing.assert_allclose(results[1], embedder.encode_ids(rows[:1]), atol=1e-6)
+
+
+def test_the_worker_keeps_the_prompt_prefix_cache_for_its_life(tiny_llama):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt="this sentence {} means one word")
+    rows = emb.text_tokenizer.ids(TEXTS)
+    batcher = MicroBatcher(emb, max_batch_size=2, batch_timeout_ms=0, packing=False)
+    batcher.start()
+    try:
+        got = [batcher.submit(rows[i : i + 2]).result(30) for i in (0, 2)]
+        memo = emb._prefix_memo
+        assert memo is not None and len(memo) == 1  # "<s> this sentence", run once for both requests
+    finally:
+        batcher.close()
+    assert emb._prefix_memo is None  # dropped with the worker
+    emb.share_prefix = False
+    np.testing.assert_allclose(np.concatenate(got), emb.encode_ids(rows), atol=1e-5)

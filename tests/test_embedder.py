@@ -284,3 +284,26 @@ def test_the_prefix_is_not_shared_where_it_would_change_the_result(tiny_llama):
     left = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt=PROMPT, padding_side="left")
     assert length(left, TEXTS) == 0  # rows of different lengths start with padding
     np.testing.assert_allclose(left.encode(TEXTS), emb.encode(TEXTS), atol=1e-5)
+
+
+def test_the_prefix_cache_lives_for_one_encode_call_or_one_block(tiny_llama):
+    emb = Embedder.from_pretrained(str(tiny_llama), device="cpu", prompt=PROMPT)
+    seen = []
+    real = emb._forward_after_prefix
+
+    def spy(input_ids, attention_mask, p):
+        seen.append(dict(emb._prefix_memo))  # the cache as this forward finds it
+        return real(input_ids, attention_mask, p)
+
+    emb._forward_after_prefix = spy
+    texts = ["a man plays guitar", "the dog", "two children are playing", "cat"]  # no first word in common
+    first = emb.encode(texts, batch_size=2)  # two batches: the prefix runs for the first only
+    assert [len(m) for m in seen] == [0, 1] and emb._prefix_memo is None
+    seen.clear()
+    with emb.prefix_cache():
+        emb.encode(texts[:2])
+        cached = emb._prefix_memo
+        again = emb.encode(texts, batch_size=2)
+        assert emb._prefix_memo is cached  # kept across calls inside the block
+    assert [len(m) for m in seen] == [0, 1, 1] and emb._prefix_memo is None
+    np.testing.assert_allclose(again, first, atol=1e-6)

@@ -262,6 +262,10 @@ class MicroBatcher:
             size += job.remaining
 
     def _run(self) -> None:
+        with self.embedder.prefix_cache():  # the worker owns a fixed model: the prompt prefix runs once
+            self._serve()
+
+    def _serve(self) -> None:
         active: list[_Job] = []
         stop = False
         while True:

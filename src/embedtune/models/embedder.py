@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -222,9 +223,9 @@ class Embedder(nn.Module):
     share_prefix_with_grad: bool = False
     #: Shorter shared openings are not worth the extra forward.
     MIN_SHARED_PREFIX = 2
-    #: Prefix KV caches (batch of one) by token ids, kept for the length of one :meth:`encode_ids` call
-    #: (weights and autocast fixed), so the prefix runs once per call rather than once per batch; None
-    #: elsewhere, where every forward runs its own.
+    #: Prefix KV caches (batch of one) by token ids, kept inside :meth:`prefix_cache` (weights and autocast
+    #: fixed; each :meth:`encode_ids` call opens one), so the prefix runs once per call rather than once per
+    #: batch; None elsewhere, where every forward runs its own.
     _prefix_memo: dict[tuple[int, ...], Any] | None = None
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -329,21 +330,33 @@ class Embedder(nn.Module):
         device = self.device
         from tqdm.auto import tqdm
 
+        with self.prefix_cache(), eval_mode(self), torch.inference_mode(), self.autocast_context(), tqdm(
+            total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
+        ) as bar:
+            for idx in batches_by_length([len(r) for r in rows], batch_size):
+                batch = self.text_tokenizer.pad([rows[i] for i in idx])
+                emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()  # (b, D)
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                out[idx] = emb.cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+    @contextmanager
+    def prefix_cache(self) -> Iterator[None]:
+        """Within this block the shared prompt prefix's keys and values (:meth:`shared_prefix_length`) are
+        computed once and reused by every inference forward, across :meth:`encode_ids` calls; on leaving it
+        they are dropped. Weights and autocast must not change inside: the HTTP server's batching worker,
+        which owns a fixed model, holds one for its whole life. Nested blocks share the outer one's cache;
+        each :meth:`encode_ids` call opens one of its own otherwise."""
+        if self._prefix_memo is not None:
+            yield
+            return
         self._prefix_memo = {}
         try:
-            with eval_mode(self), torch.inference_mode(), self.autocast_context(), tqdm(
-                total=len(rows), desc="encode", unit="text", disable=not show_progress, dynamic_ncols=True
-            ) as bar:
-                for idx in batches_by_length([len(r) for r in rows], batch_size):
-                    batch = self.text_tokenizer.pad([rows[i] for i in idx])
-                    emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()  # (b, D)
-                    if normalize:
-                        emb = torch.nn.functional.normalize(emb, dim=-1)
-                    out[idx] = emb.cpu().numpy()
-                    bar.update(len(idx))
+            yield
         finally:
             self._prefix_memo = None
-        return out
 
     # ---- persistence ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
