@@ -6,8 +6,6 @@ maps texts to a float32 numpy array (inference). Both share :class:`~embedtune.d
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from ..config import DEFAULT_MODEL, ModelConfig, resolve_prompt
 from ..data.collate import TextTokenizer, batches_by_length, position_ids
 from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_source
 from .pooling import get_pooler
+from .prefix import PrefixMemo, common_prefix_length, run_after_prefix
 from .runtime import autocast_context, eval_mode, parse_autocast, resolve_dtype
 
 CONFIG_NAME = "embedtune.json"
@@ -226,7 +225,7 @@ class Embedder(nn.Module):
     #: Prefix KV caches (batch of one) by token ids, kept inside :meth:`prefix_cache` (weights and autocast
     #: fixed; each :meth:`encode_ids` call opens one), so the prefix runs once per call rather than once per
     #: batch; None elsewhere, where every forward runs its own.
-    _prefix_memo: dict[tuple[int, ...], Any] | None = None
+    _prefix_memo: PrefixMemo | None = None
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
         """How many leading tokens :meth:`forward` runs once for the whole batch: 0, or the length of the
@@ -248,41 +247,14 @@ class Embedder(nn.Module):
             return 0  # in train mode GradCache's no-grad pass must match its re-forward with a graph
         if getattr(self.backbone.config, "_attn_implementation", None) not in ("eager", "sdpa"):
             return 0
-        same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(dim=0)  # (L,)
-        p = int(torch.cumprod(same.to(torch.int32), dim=0).sum())
-        p = min(p, int(attention_mask.sum(dim=1).min()) - 1)
+        p = common_prefix_length(input_ids, attention_mask)
         return p if p >= self.MIN_SHARED_PREFIX else 0
 
     def _forward_after_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int) -> torch.Tensor:
-        """:meth:`forward` with the first ``p`` tokens (the same in every row) run once, as one row, and
-        their cached keys and values repeated for the batch."""
-        b = input_ids.shape[0]
-        key = tuple(input_ids[0, :p].tolist())
-        memo = self._prefix_memo
-        if memo is not None and key in memo:
-            cache = copy.deepcopy(memo[key])  # the forward below appends the rows' keys to it
-        else:
-            head = self.backbone(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
-                                 position_ids=torch.arange(p, device=input_ids.device)[None], use_cache=True)
-            cache = head.cache if getattr(head, "cache", None) is not None else head.past_key_values
-            if memo is not None:
-                memo[key] = copy.deepcopy(cache)
-        cache.batch_repeat_interleave(b)
-        rest = attention_mask[:, p:]  # (B, L - p)
-        out = self.backbone(
-            input_ids=input_ids[:, p:],
-            attention_mask=attention_mask,  # (B, L): the prefix's columns are all real tokens
-            position_ids=p + position_ids(rest),
-            use_cache=True,
-            **{self._cache_argument(): cache},
-        )
-        return self.pool(out.last_hidden_state, rest)  # (B, D)
-
-    def _cache_argument(self) -> str:
-        """The keyword the backbone takes a KV cache by: ``cache`` (transformers 5.x since the rename),
-        else ``past_key_values``."""
-        base = self.backbone.get_base_model() if self.has_adapter() else self.backbone
-        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        """:meth:`forward` with the first ``p`` tokens (the same in every row) run once
+        (:func:`~embedtune.models.prefix.run_after_prefix`)."""
+        hidden, rest = run_after_prefix(self.backbone, input_ids, attention_mask, p, self._prefix_memo)
+        return self.pool(hidden, rest)  # (B, D)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) and mask (B, L) -> (B, D) by this embedder's pooling."""
