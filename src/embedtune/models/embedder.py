@@ -253,7 +253,8 @@ class Embedder(nn.Module):
     def _forward_after_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int) -> torch.Tensor:
         """:meth:`forward` with the first ``p`` tokens (the same in every row) run once
         (:func:`~embedtune.models.prefix.run_after_prefix`)."""
-        hidden, rest = run_after_prefix(self.backbone, input_ids, attention_mask, p, self._prefix_memo)
+        memo = None if torch.is_grad_enabled() else self._prefix_memo  # with a graph the prefix must run
+        hidden, rest = run_after_prefix(self.backbone, input_ids, attention_mask, p, memo)
         return self.pool(hidden, rest)  # (B, D)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
