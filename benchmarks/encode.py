@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def recipe_vs_peer(texts: list[str], n_pairs: int, gold: list[float], args) -> list[tuple[str, int, float, float]]:
     """Rows for the shipped recipe's settings (prompt, depth; an untrained base, which runs at the speed of
-    the trained and merged model), with and without its shared prompt prefix run once per batch
+    the trained and merged model), with and without its shared prompt prefix run once per call
     (``Embedder.share_prefix``), and for all-MiniLM-L6-v2, each in fp32 and bf16 weights, in this order:
     ours fp32, ours fp32 whole, ours bf16, ours bf16 whole, peer fp32, peer bf16."""
     from embedtune.config import load_config
@@ -250,7 +250,7 @@ def write_section(rows, ratio_a, ratio_b, ratio_bf16, n_pairs, n, unique, k, sam
         "- The shipped recipe's settings (configs/default-cpu.yaml) against the peer all-MiniLM-L6-v2, same texts,"
         " same run: " + ", ".join(f"**{r:.2f}x** its sentences/s in {dt}" for dt, r in peer_ratios.items())
         + " (the STSB Spearman of these rows is untrained for ours; trained scores are in docs/results.md).",
-        "- Its prompt's opening tokens, the same in every row of a batch, run once per batch and their keys and"
+        "- Its prompt's opening tokens, the same in every row, run once per encode call and their keys and"
         " values serve every row (`Embedder.share_prefix`, on by default; the same vectors up to rounding): "
         + ", ".join(f"**{r:.2f}x** the speed of running every row whole in {dt}" for dt, r in prefix_gain.items())
         + ".",

@@ -7,8 +7,7 @@ maps texts to a float32 numpy array (inference). Both share :class:`~embedtune.d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from ..config import DEFAULT_MODEL, ModelConfig, resolve_prompt
 from ..data.collate import TextTokenizer, batches_by_length, position_ids
 from .loading import ModelSource, default_device, load_backbone, load_tokenizer, resolve_source
 from .pooling import get_pooler
-from .prefix import PrefixMemo, common_prefix_length, run_after_prefix
+from .prefix import PrefixSharing
 from .runtime import autocast_context, eval_mode, parse_autocast, resolve_dtype
 
 CONFIG_NAME = "embedtune.json"
@@ -64,7 +63,7 @@ def validate_texts(texts: Any) -> list[str]:
     return texts
 
 
-class Embedder(nn.Module):
+class Embedder(PrefixSharing, nn.Module):
     """A causal LM turned into a text embedder.
 
     Args:
@@ -216,47 +215,6 @@ class Embedder(nn.Module):
         )
         return self.pool(out.last_hidden_state, attention_mask)  # (B, D)
 
-    #: Run a batch's shared opening tokens once (see :meth:`shared_prefix_length`); False: every row whole.
-    share_prefix: bool = True
-    #: Share it with a graph too (training); the trainer turns this on where it is exact (``train.share_prefix``).
-    share_prefix_with_grad: bool = False
-    #: Shorter shared openings are not worth the extra forward.
-    MIN_SHARED_PREFIX = 2
-    #: Prefix KV caches (batch of one) by token ids, kept inside :meth:`prefix_cache` (weights and autocast
-    #: fixed; each :meth:`encode_ids` call opens one), so the prefix runs once per call rather than once per
-    #: batch; None elsewhere, where every forward runs its own.
-    _prefix_memo: PrefixMemo | None = None
-
-    def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
-        """How many leading tokens :meth:`forward` runs once for the whole batch: 0, or the length of the
-        token prefix that every row starts with, when
-
-        - the model is in eval mode and no graph is being recorded (inference), or
-          :attr:`share_prefix_with_grad` is set (the trainer sets it unless
-          LoRA dropout or gradient checkpointing is on; the prefix's states then take the gradients of every
-          row);
-        - the pooling is ``last`` (the prefix's states take no part in the vector);
-        - attention is ``eager`` or ``sdpa`` (the two checked to give the same vectors; others run whole);
-        - the batch has two or more rows and no row starts with padding;
-        - every row keeps at least one token after it, and the prefix is at least
-          :attr:`MIN_SHARED_PREFIX` tokens.
-        """
-        if not self.share_prefix or self.pooling != "last" or input_ids.shape[0] < 2:
-            return 0
-        if (torch.is_grad_enabled() or self.training) and not self.share_prefix_with_grad:
-            return 0  # in train mode GradCache's no-grad pass must match its re-forward with a graph
-        if getattr(self.backbone.config, "_attn_implementation", None) not in ("eager", "sdpa"):
-            return 0
-        p = common_prefix_length(input_ids, attention_mask)
-        return p if p >= self.MIN_SHARED_PREFIX else 0
-
-    def _forward_after_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, p: int) -> torch.Tensor:
-        """:meth:`forward` with the first ``p`` tokens (the same in every row) run once
-        (:func:`~embedtune.models.prefix.run_after_prefix`)."""
-        memo = None if torch.is_grad_enabled() else self._prefix_memo  # with a graph the prefix must run
-        hidden, rest = run_after_prefix(self.backbone, input_ids, attention_mask, p, memo)
-        return self.pool(hidden, rest)  # (B, D)
-
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) and mask (B, L) -> (B, D) by this embedder's pooling."""
         return self._pool(hidden, attention_mask)
@@ -314,22 +272,6 @@ class Embedder(nn.Module):
                 out[idx] = emb.cpu().numpy()
                 bar.update(len(idx))
         return out
-
-    @contextmanager
-    def prefix_cache(self) -> Iterator[None]:
-        """Within this block the shared prompt prefix's keys and values (:meth:`shared_prefix_length`) are
-        computed once and reused by every inference forward, across :meth:`encode_ids` calls; on leaving it
-        they are dropped. Weights and autocast must not change inside: the HTTP server's batching worker,
-        which owns a fixed model, holds one for its whole life. Nested blocks share the outer one's cache;
-        each :meth:`encode_ids` call opens one of its own otherwise."""
-        if self._prefix_memo is not None:
-            yield
-            return
-        self._prefix_memo = {}
-        try:
-            yield
-        finally:
-            self._prefix_memo = None
 
     # ---- persistence ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
