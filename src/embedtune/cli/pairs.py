@@ -1,5 +1,6 @@
-"""``embedtune data mine-negatives`` (pairs in, triplets out) and ``data split`` (hold a slice of them apart):
-parsers and calls only; the work is in data.mining and data.split."""
+"""``embedtune data mine-negatives`` (pairs in, triplets out), ``data split`` (hold a slice of them apart) and
+``data synthesize`` (pairs written by an instruct LM): parsers and calls only; the work is in data.mining,
+data.split and data.synthetic."""
 
 from __future__ import annotations
 
@@ -84,4 +85,48 @@ def _run_split(args: argparse.Namespace) -> int:
                          columns=parse_columns(args.columns), on_bad_row=args.on_bad_row, progress=True)
     print(report.summary())
     print(f"wrote {args.out} and {args.held_out_file}")
+    return 0
+
+
+def _add_synthesize(dsub) -> None:
+    p = dsub.add_parser("synthesize", help="sentence pairs written by a local instruct LM on the topics given (a "
+                        "sentence and its paraphrase): domain text for a teacher to score, plus a JSON report")
+    p.add_argument("--topics", required=True, help="'science' (40 scientific fields), 'topic; topic; ...', or "
+                   "@FILE with one topic per line")
+    p.add_argument("--pairs", type=int, required=True, help="how many pairs to aim for (paraphrases that fail "
+                   "the checks are counted in the report, not replaced)")
+    p.add_argument("--out", required=True, help="pair file to write (.csv/.tsv/.jsonl, optionally .gz)")
+    p.add_argument("--report", default=None, help="JSON report (default: OUT.report.json)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="instruct causal LM with a chat template: hub id, folder, "
+                   ".gguf, or 'default' (packaged SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16) | float32 | bfloat16 | float16")
+    p.add_argument("--device", default=None, help="cpu|cuda|cuda:N (default: cuda when available)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts generated together (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the topic draw and the sampling")
+    p.add_argument("--temperature", type=float, default=0.9, help="sampling temperature of the sentences")
+    p.add_argument("--min-words", type=int, default=6, help="shortest text kept (default 6 words)")
+    p.add_argument("--max-words", type=int, default=50, help="longest text kept (default 50 words)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="reply length cap (default 64 tokens)")
+
+
+def _run_synthesize(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.formats import SUFFIXES
+    from ..data.synthetic import load_generator, parse_topics, synthesize_pairs, write_pairs
+
+    out = Path(args.out)
+    if not any(out.name.lower().removesuffix(".gz").endswith(s) for s in SUFFIXES):
+        raise CliError(f"--out {out}: expected a .csv, .tsv or .jsonl name (optionally .gz)")
+    topics = parse_topics(args.topics)
+    torch.manual_seed(args.seed)
+    generator = load_generator(args.model, device=args.device, dtype=args.dtype,
+                               trust_remote_code=args.trust_remote_code, max_new_tokens=args.max_new_tokens)
+    pairs, report = synthesize_pairs(generator, topics, args.pairs, seed=args.seed, batch_size=args.batch_size,
+                                     min_words=args.min_words, max_words=args.max_words,
+                                     temperature=args.temperature)
+    path, record = write_pairs(pairs, out, report, args.report)
+    print(report.summary())
+    print(f"wrote {path} ({report.pairs} pairs) and {record}")
     return 0

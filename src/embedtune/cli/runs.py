@@ -9,13 +9,14 @@ from pathlib import Path
 
 from ..config import DEFAULT_MODEL
 from .common import CliError
-from .pairs import _add_mine_negatives, _add_split, _run_mine_negatives, _run_split
+from .pairs import _add_mine_negatives, _add_split, _add_synthesize, _run_mine_negatives, _run_split, _run_synthesize
 
 
 # ---- data ---------------------------------------------------------------------------------------------
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="validate training files (check), drop STS test sentences (decontaminate), "
-                        "mine hard negatives for pairs (mine-negatives), hold a slice apart (split)")
+                        "mine hard negatives for pairs (mine-negatives), hold a slice apart (split), write "
+                        "domain pairs with an instruct LM (synthesize)")
     dsub = p.add_subparsers(dest="data_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--columns", default=None,
@@ -43,11 +44,13 @@ def _add_data(sub) -> None:
     d.add_argument("--report", default=None, help="JSON list of removed rows (default: OUT.removed.json)")
     _add_mine_negatives(dsub)
     _add_split(dsub)
+    _add_synthesize(dsub)
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    if args.data_command in ("mine-negatives", "split"):
-        return (_run_mine_negatives if args.data_command == "mine-negatives" else _run_split)(args)
+    own = {"mine-negatives": _run_mine_negatives, "split": _run_split, "synthesize": _run_synthesize}
+    if args.data_command in own:
+        return own[args.data_command](args)
     from ..data.decontaminate import sts_sentence_index
     from ..data.triplets import expand_data_path, parse_columns
     from ..io import write_text_atomic
