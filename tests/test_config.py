@@ -138,3 +138,16 @@ def test_the_pooling_choices_are_the_poolers():
 
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(ModelConfig)}["pooling"]
     assert set(choices) == set(POOLERS)
+
+
+def test_the_synthetic_pairs_recipe_is_the_default_plus_its_lever():
+    """configs/synth-cpu.yaml must stay the default recipe with only the synthetic pairs' settings added, so
+    that its measured difference is that lever's (docs/results.md)."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    default, synth = (load_config(configs / f"{n}.yaml").to_dict() for n in ("default-cpu", "synth-cpu"))
+    changed = {(s, k): synth[s][k] for s in default for k in default[s] if default[s][k] != synth[s][k]}
+    assert changed.pop(("data", "train_files")) == default["data"]["train_files"] + ["runs/synth/science-pairs.csv.gz"]
+    assert changed == {("train", "output_dir"): "runs/synth-cpu", ("train", "max_steps"): 121,
+                       ("train", "teacher_scope"): "batch"}
