@@ -131,6 +131,10 @@ def test_cli_rejects_a_bad_output_name_before_loading_a_model(tmp_path, capsys):
                  "--out", str(tmp_path / "pairs.parquet")])
     assert code == 2
     assert "expected a .csv, .tsv or .jsonl name" in capsys.readouterr().err
+    code = main(["data", "synthesize", "--topics", "science", "--pairs", "3", "--dtype", "int4",
+                 "--out", str(tmp_path / "pairs.csv")])
+    assert code == 2 and "--dtype 'int4': expected one of auto" in capsys.readouterr().err
+    assert not (tmp_path / "pairs.csv").exists()
 
 
 @pytest.mark.real_model

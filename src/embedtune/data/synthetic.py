@@ -196,7 +196,10 @@ def load_generator(name_or_path: str, *, device: str | None = None, dtype: str =
 
     source = resolve_source(name_or_path)
     location, kwargs = checkpoint_location(source)
-    torch_dtype = torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+    dtypes = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise SynthesisError(f"--dtype {dtype!r}: expected one of {', '.join(dtypes)}")
+    torch_dtype = dtypes[dtype]
     model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                  **kwargs).to(device or default_device())
     return ChatGenerator(model, load_tokenizer(source, trust_remote_code), max_new_tokens=max_new_tokens)
