@@ -145,7 +145,7 @@ def test_the_packaged_model_writes_readable_pairs(tmp_path):
     code = main(["data", "synthesize", "--topics", "immunology; genetics", "--pairs", "4", "--batch-size", "8",
                  "--max-new-tokens", "48", "--out", str(out)])
     assert code == 0
-    examples = read_examples(out)
+    examples, _ = read_examples(out)
     report = json.loads((tmp_path / "science.csv.gz.report.json").read_text())
     assert report["pairs"] == len(examples) and 1 <= len(examples) <= 4
     assert report["pairs"] + sum(report["paraphrase_rejects"].values()) == 4

@@ -185,26 +185,6 @@ class ChatGenerator:
         return tok.batch_decode(new, skip_special_tokens=True)
 
 
-def load_generator(name_or_path: str, *, device: str | None = None, dtype: str = "auto",
-                   trust_remote_code: bool = False, max_new_tokens: int = 64) -> ChatGenerator:
-    """The causal LM ``name_or_path`` names ('default': the packaged SmolLM2-135M-Instruct), with its LM head,
-    as a :class:`ChatGenerator` (bf16 on a CPU with ``dtype=auto``: sampling needs no fp32)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..models.loading import checkpoint_location, default_device, load_tokenizer, resolve_source
-
-    source = resolve_source(name_or_path)
-    location, kwargs = checkpoint_location(source)
-    dtypes = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise SynthesisError(f"--dtype {dtype!r}: expected one of {', '.join(dtypes)}")
-    torch_dtype = dtypes[dtype]
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                 **kwargs).to(device or default_device())
-    return ChatGenerator(model, load_tokenizer(source, trust_remote_code), max_new_tokens=max_new_tokens)
-
-
 def synthesize_pairs(
     complete: Complete,
     topics: Sequence[str],
