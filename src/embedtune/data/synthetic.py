@@ -168,7 +168,6 @@ class ChatGenerator:
         tokenizer.padding_side = "left"  # generation continues every row from its last real token
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens, self.top_p = max_new_tokens, top_p
-        self.tokens = 0  # tokens generated so far
 
     def __call__(self, instructions: Sequence[str], temperature: float) -> list[str]:
         import torch
@@ -181,7 +180,6 @@ class ChatGenerator:
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=True,
                                       temperature=temperature, top_p=self.top_p, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]  # (B, generated)
-        self.tokens += int((new != tok.pad_token_id).sum())
         return tok.batch_decode(new, skip_special_tokens=True)
 
 
