@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo lint bench clean mined-negatives synthetic-pairs
+.PHONY: install test demo lint bench clean mined-negatives
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,10 +63,3 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
-
-# Scientific sentence pairs written by the packaged model (configs/synth-cpu.yaml trains on them beside the
-# NLI triplets, with the teacher scoring every text): about 18 min on 2 CPU cores, once.
-runs/synth/science-pairs.csv.gz: | $(STAMP)
-	$(VENV)/bin/embedtune data synthesize --topics science --pairs 3200 --batch-size 128 --seed 0 --out $@
-
-synthetic-pairs: runs/synth/science-pairs.csv.gz

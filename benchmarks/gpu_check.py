@@ -305,6 +305,7 @@ def part_recipe(check: Check) -> dict[str, Any]:
     if check.tiny:
         # the recipe's depth cut, scaled to the tiny model's two layers
         overrides += [f"model.name_or_path={check.model}", "model.num_layers=1", "data.max_rows=64",
+                      "data.synthetic.pairs=0",
                       "train.batch_size=4", "train.max_steps=3", "train.warmup_steps=1", "eval.every=0",
                       "train.save_every=0"]
     elif check.model != "default":

@@ -105,6 +105,7 @@ def test_a_few_training_steps_lower_the_loss(shared_data, tmp_path):
     cfg = load_config("configs/default-cpu.yaml", [
         f"train.output_dir={tmp_path / 'run'}", f"data.data_dir={shared_data}",
         "data.train_files=[{data}/nli/snli_devtest_triplets.csv.gz]", "data.max_rows=8", "data.decontaminate=false",
+        "data.synthetic.pairs=0",
         "train.batch_size=8", "train.max_steps=5", "train.warmup_steps=1", "train.lr=1e-3", "eval.every=0",
         "train.save_every=0", "train.log_every=1", "train.precision=fp32", "model.max_length=48",
     ])

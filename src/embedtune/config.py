@@ -81,6 +81,16 @@ class LoraConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """Pairs an instruct LM writes (data.synthetic), made once into $EMBEDTUNE_CACHE/synthetic."""
+    pairs: int = field(default=0, metadata={"help": "sentences to write and paraphrase (0: none)"})
+    topics: str = field(default="science", metadata={"help": "science | 'topic; topic; ...' | @FILE"})
+    generator: str = field(default=DEFAULT_MODEL, metadata={"help": "instruct LM with a chat template"})
+    seed: int = field(default=0, metadata={"help": "seed of the topic draw and the sampling"})
+    batch_size: int = field(default=128, metadata={"help": "prompts generated together (changes the draw)"})
+
+
+@dataclass
 class DataConfig:
     train_files: list[str] = field(
         default_factory=lambda: ["{data}/nli/snli_devtest_triplets.csv.gz"],
@@ -93,6 +103,7 @@ class DataConfig:
     on_bad_row: str = field(default="error", metadata={"help": "error|skip"})
     max_rows: int | None = field(default=None, metadata={"help": "use only the first N rows (after cleaning)"})
     group_by_length: bool = field(default=False, metadata={"help": "length-grouped batches (shuffled in buckets)"})
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass

@@ -115,13 +115,17 @@ def _run_synthesize(args: argparse.Namespace) -> int:
 
     from ..data.formats import SUFFIXES
     from ..data.synthetic import parse_topics, synthesize_pairs, write_pairs
+    from ..training.synthetic_cache import DTYPES, load_generator
 
     out = Path(args.out)
     if not any(out.name.lower().removesuffix(".gz").endswith(s) for s in SUFFIXES):
         raise CliError(f"--out {out}: expected a .csv, .tsv or .jsonl name (optionally .gz)")
     topics = parse_topics(args.topics)
+    if args.dtype not in DTYPES:
+        raise CliError(f"--dtype {args.dtype!r}: expected one of {', '.join(DTYPES)}")
     torch.manual_seed(args.seed)
-    generator = _load_generator(args)
+    generator = load_generator(args.model, dtype=args.dtype, device=args.device,
+                               trust_remote_code=args.trust_remote_code, max_new_tokens=args.max_new_tokens)
     pairs, report = synthesize_pairs(generator, topics, args.pairs, seed=args.seed, batch_size=args.batch_size,
                                      min_words=args.min_words, max_words=args.max_words,
                                      temperature=args.temperature)
@@ -129,23 +133,3 @@ def _run_synthesize(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"wrote {path} ({report.pairs} pairs) and {record}")
     return 0
-
-
-def _load_generator(args: argparse.Namespace):
-    """The causal LM --model names ('default': the packaged SmolLM2-135M-Instruct), with its LM head, as a
-    ChatGenerator (bf16 with --dtype auto: sampling needs no fp32)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..data.synthetic import ChatGenerator
-    from ..models.loading import checkpoint_location, default_device, load_tokenizer, resolve_source
-
-    dtypes = {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-    if args.dtype not in dtypes:
-        raise CliError(f"--dtype {args.dtype!r}: expected one of {', '.join(dtypes)}")
-    source = resolve_source(args.model)
-    location, kwargs = checkpoint_location(source)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtypes[args.dtype],
-                                                 trust_remote_code=args.trust_remote_code, **kwargs)
-    return ChatGenerator(model.to(args.device or default_device()), load_tokenizer(source, args.trust_remote_code),
-                         max_new_tokens=args.max_new_tokens)

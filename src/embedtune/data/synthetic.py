@@ -25,6 +25,10 @@ from typing import Any
 
 from .examples import Example
 
+SYNTHESIS_VERSION = 1
+"""Bumped whenever the prompts, checks or sampling change, so that cached pairs of an older version are not
+reused (``data.synthetic`` in a recipe)."""
+
 STYLES = (
     "Write one sentence from the abstract of a research paper in {topic}.",
     "Write one sentence reporting an experimental finding in {topic}.",

@@ -58,15 +58,23 @@ def write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
         log.warning("curve.png not written: %s", exc)
 
 
-def prepare_examples(cfg: RunConfig, examples: list | None, out: Path | None) -> tuple[list, dict[str, Any]]:
-    """Read the configured files (unless ``examples`` are given), decontaminate against the nine STS test sets,
-    cap to ``max_rows``; writes ``data_report.json`` and ``decontamination.json`` to ``out`` (rank 0)."""
+def prepare_examples(cfg: RunConfig, examples: list | None, out: Path | None, device: str | None = None,
+                     show_progress: bool = True) -> tuple[list, dict[str, Any]]:
+    """Read the configured files (unless ``examples`` are given) and the synthetic pairs of ``data.synthetic``
+    (generated on ``device`` when not cached yet), decontaminate against the nine STS test sets, cap to
+    ``max_rows``; writes ``data_report.json`` and ``decontamination.json`` to ``out`` (rank 0)."""
     report: dict[str, Any] = {}
     dc = cfg.data
     if examples is None:
         from ..data.triplets import load_training_data
 
-        examples, loads = load_training_data(dc.train_files, columns=dc.columns, on_bad_row=dc.on_bad_row,
+        files = list(dc.train_files)
+        if dc.synthetic.pairs > 0:
+            from .synthetic_cache import synthetic_file
+
+            path, report["synthetic"] = synthetic_file(dc.synthetic, device=device, show_progress=show_progress)
+            files.append(str(path))
+        examples, loads = load_training_data(files, columns=dc.columns, on_bad_row=dc.on_bad_row,
                                              data_dir=dc.data_dir)
         report["files"] = [r.to_dict() for r in loads]
     report["rows_read"] = len(examples)

@@ -195,7 +195,8 @@ def setup_training(cfg: RunConfig, examples: list | None, embedder: Embedder | N
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
 
-    examples, data_report = prepare_examples(cfg, examples, out if dist.is_main() else None)
+    examples, data_report = prepare_examples(cfg, examples, out if dist.is_main() else None, str(device),
+                                             show_progress and dist.is_main())
     # Triplets train with their hard negative, pairs with in-batch negatives only; batches hold one kind.
     kinds = [cfg.data.hard_negatives and e.negative is not None for e in examples]
     steps_per_epoch = steps_per_epoch_of(kinds, tc.batch_size)  # the last incomplete batch of a kind waits
