@@ -35,18 +35,14 @@ def resolve_prompt(prompt: str | None) -> str | None:
     if prompt.lower() in PROMPTS:
         return PROMPTS[prompt.lower()]
     if "{}" not in prompt:
-        raise ValueError(
-            f"prompt {prompt!r} is neither a known name ({', '.join(PROMPTS)}) nor a template containing '{{}}'"
-        )
+        raise ValueError(f"prompt {prompt!r} is neither a known name ({', '.join(PROMPTS)}) nor a template with '{{}}'")
     return prompt
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = field(
-        default=DEFAULT_MODEL,
-        metadata={"help": "hub id, local folder, .gguf file, or 'default' (packaged SmolLM2-135M-Instruct)"},
-    )
+    name_or_path: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "hub id, local folder, .gguf file, or 'default' (packaged SmolLM2-135M-Instruct)"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside name_or_path"})
     dtype: str = field(default="auto", metadata={"help": "auto|float32|bfloat16|float16 (auto: fp32 CPU, bf16 GPU)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run model code from the hub (MiniCPM needs it)"})
