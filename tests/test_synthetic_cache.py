@@ -92,6 +92,19 @@ def test_a_run_writes_the_pairs_once_and_later_runs_reuse_them(cache, tmp_path, 
     assert [(e.anchor, e.positive) for e in again] == [(e.anchor, e.positive) for e in examples]
 
 
+def test_generating_the_pairs_leaves_the_run_s_random_state_alone(cache, monkeypatch):
+    """A run that generates the pairs must draw its LoRA init and dropout exactly as a run that finds them
+    cached: the generation is seeded with its own seed, so it must not reseed the run's generator."""
+    import torch
+
+    monkeypatch.setattr(synthetic_cache, "load_generator", lambda *a, **k: Counting())
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    synthetic_cache.synthetic_file(SyntheticConfig(pairs=3, generator=str(cache), seed=0), show_progress=False)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_a_process_other_than_the_main_one_waits_for_the_file(cache, monkeypatch):
     sc = SyntheticConfig(pairs=3, generator=str(cache))
     path = synthetic_cache.cache_path(sc)

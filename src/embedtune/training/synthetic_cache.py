@@ -92,11 +92,14 @@ def synthetic_file(sc: SyntheticConfig, *, device: str | None = None, show_progr
             log.info("writing %d synthetic pairs on %r with %s into %s (once; later runs reuse the file)",
                      sc.pairs, sc.topics, sc.generator, path)
             start = time.perf_counter()
-            torch.manual_seed(sc.seed)
-            generator = load_generator(sc.generator, device=device)
-            pairs, report = synthesize_pairs(generator, parse_topics(sc.topics), sc.pairs, seed=sc.seed,
-                                             batch_size=sc.batch_size, show_progress=show_progress)
-            del generator
+            # The generation's own seeded RNG, not the run's: a run that generates the pairs must initialise
+            # and train exactly as one that finds them cached.
+            with torch.random.fork_rng():
+                torch.manual_seed(sc.seed)
+                generator = load_generator(sc.generator, device=device)
+                pairs, report = synthesize_pairs(generator, parse_topics(sc.topics), sc.pairs, seed=sc.seed,
+                                                 batch_size=sc.batch_size, show_progress=show_progress)
+                del generator
             path.parent.mkdir(parents=True, exist_ok=True)
             write_pairs(pairs, path, report, record_path)
             log.info("%s", report.summary())
